@@ -1,0 +1,15 @@
+# The two commands of the README. Both run the same idempotent set-up first.
+.PHONY: setup demo test lint
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	.venv/bin/python -m ruff check sgvla tests bench
+	.venv/bin/python -m pytest -q -ra
+
+lint: setup
+	.venv/bin/python -m ruff check sgvla tests bench

@@ -1,0 +1,192 @@
+"""The `sgvla` command line.
+
+Each command is a thin shell over one function of the package; imports happen inside the command
+so that `sgvla --help` is instant and a training node never imports the simulator. Problems the
+user can fix are raised as `SgvlaError` and printed as one line with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sgvla.errors import SgvlaError
+
+app = typer.Typer(
+    name="sgvla",
+    help="SG-VLA: data generation, dataset tools, training and evaluation for mobile manipulation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _user_errors(fn):
+    """Turn SgvlaError into `error: <message>` on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SgvlaError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted; re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def command(*args, **kwargs):
+    def deco(fn):
+        return app.command(*args, **kwargs)(_user_errors(fn))
+
+    return deco
+
+
+@command("demos")
+def demos(
+    task: str = typer.Option("mini_kitchen", help="Task: only the built-in 'mini_kitchen' has a scripted expert."),
+    subtask: str = typer.Option("all", help="pick, place, open, close or all."),
+    episodes: int = typer.Option(20, help="Episodes to attempt per subtask (one seed each)."),
+    out: Path = typer.Option(Path("outputs/demos"), help="Output folder for <subtask>.h5/.json."),
+    seed: int = typer.Option(0, help="First seed; episode i uses seed + i."),
+) -> None:
+    """Generate scripted expert demonstrations on the built-in scene (ManiSkill trajectory files)."""
+    from sgvla.envs.demos import generate_demos
+
+    generate_demos(task=task, subtask=subtask, episodes=episodes, out=out, seed=seed)
+
+
+@command("gen")
+def gen(
+    task: str = typer.Option(..., help="mini_kitchen, tidy_house, prepare_groceries or set_table."),
+    subtask: str = typer.Option("all", help="pick, place, open, close or all."),
+    episodes: int = typer.Option(0, help="Episodes to record per subtask (0 = every episode in --demos)."),
+    out: Path = typer.Option(..., help="Dataset folder to write (resumed if it exists)."),
+    demos: Optional[Path] = typer.Option(None, help="Demo .h5 file or folder (default for mini_kitchen: made on the spot)."),
+    split: str = typer.Option("train", help="train or val."),
+    workers: int = typer.Option(0, help="Simulator workers (0 = one per CPU core / GPU)."),
+    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster ('auto' for the local one)."),
+    episodes_per_shard: int = typer.Option(8, help="Episodes per Parquet shard (one shard = one Ray task)."),
+    overwrite: bool = typer.Option(False, help="Delete what --out holds and start over."),
+) -> None:
+    """Replay demonstrations in the simulator (Ray-parallel) and record a Hugging Face dataset."""
+    from sgvla.datagen.pipeline import run_gen
+
+    ok = run_gen(task=task, subtask=subtask, episodes=episodes, out=out, demos=demos, split=split,
+                 workers=workers, ray_address=ray_address, episodes_per_shard=episodes_per_shard,
+                 overwrite=overwrite)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@command("validate")
+def validate(path: Path = typer.Argument(..., help="Dataset folder written by `sgvla gen`.")) -> None:
+    """Check a dataset folder: schema, whole episodes, finite values, binary masks, stats."""
+    from sgvla.dataset.validate import validate_dataset
+
+    problems = validate_dataset(path)
+    for p in problems:
+        typer.echo(f"problem: {p}")
+    if problems:
+        typer.secho(f"{len(problems)} problem(s) in {path}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {path} is a valid sgvla dataset")
+
+
+@command("info")
+def info(path: Path = typer.Argument(..., help="Dataset folder.")) -> None:
+    """Print configs, splits, subtasks, episodes, transitions and size on disk."""
+    from sgvla.dataset.info import print_info
+
+    print_info(path)
+
+
+@command("viz")
+def viz(
+    path: Path = typer.Argument(..., help="Dataset folder."),
+    episode: int = typer.Option(0, help="episode_index to draw."),
+    config: Optional[str] = typer.Option(None, help="Config (task) holding the episode; default: the first."),
+    split: str = typer.Option("train"),
+    out: Optional[Path] = typer.Option(None, help="Output PNG (a GIF is written next to it)."),
+) -> None:
+    """Draw an episode: contact sheet PNG + animation GIF with masks, depth and state plots."""
+    from sgvla.dataset.viz import visualize_episode
+
+    for p in visualize_episode(path, episode=episode, config=config, split=split, out=out):
+        typer.echo(f"wrote {p}")
+
+
+@command("push-dataset")
+def push_dataset(
+    path: Path = typer.Argument(..., help="Dataset folder."),
+    repo_id: str = typer.Option(..., help="Hub dataset repo, USER/NAME."),
+    private: bool = typer.Option(False),
+    revision: Optional[str] = typer.Option(None, help="Branch to push to."),
+    dry_run: bool = typer.Option(False, help="Only list what would be uploaded."),
+) -> None:
+    """Validate a dataset folder, then upload it to the Hugging Face Hub (resumable)."""
+    from sgvla.dataset.push import push_dataset as _push
+
+    _push(path, repo_id=repo_id, private=private, revision=revision, dry_run=dry_run)
+
+
+@command("train")
+def train(
+    config: Path = typer.Option(..., help="Experiment YAML (see configs/)."),
+    dataset: str = typer.Option(..., help="Dataset folder or Hub repo id."),
+    output: Path = typer.Option(..., help="Run folder (checkpoints, metrics, final model)."),
+    workers: int = typer.Option(1, help="Ray Train workers."),
+    gpus_per_worker: float = typer.Option(0, help="GPUs per worker (0 on CPU machines)."),
+    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster."),
+    resume: bool = typer.Option(False, help="Continue from the run folder's latest checkpoint."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. stage1.epochs=3."),
+) -> None:
+    """Train SG-VLA with the three-stage progressive schedule on Ray Train."""
+    from sgvla.train.launch import run_train
+
+    run_train(config=config, dataset=dataset, output=output, workers=workers,
+              gpus_per_worker=gpus_per_worker, ray_address=ray_address, resume=resume, overrides=set_)
+
+
+@command("plot")
+def plot(run: Path = typer.Argument(..., help="Run folder of `sgvla train`."),
+         out: Optional[Path] = typer.Option(None)) -> None:
+    """Draw a run's loss curves to a PNG."""
+    from sgvla.train.plot import plot_run
+
+    typer.echo(f"wrote {plot_run(run, out)}")
+
+
+@command("eval")
+def eval_(
+    model: str = typer.Option(..., help="Run folder, checkpoint folder, 'expert' or 'random'."),
+    task: str = typer.Option("mini_kitchen"),
+    subtask: str = typer.Option("all"),
+    episodes: int = typer.Option(30, help="Episodes per subtask."),
+    out: Path = typer.Option(..., help="Folder for results.json, results.md and videos."),
+    mode: str = typer.Option("auto", help="tokens, flow or auto (per subtask)."),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(0, help="Ray workers (0 = one per CPU core)."),
+    ray_address: Optional[str] = typer.Option(None),
+    video: bool = typer.Option(False, help="Save MP4s of head and hand views."),
+) -> None:
+    """Roll a policy out closed-loop and report success rates per subtask."""
+    from sgvla.eval.runner import run_eval
+
+    run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,
+             workers=workers, ray_address=ray_address, video=video)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
