@@ -1,0 +1,85 @@
+"""Where things live in a dataset folder (see the layout contract with `sgvla gen`).
+
+Only this module knows the folder conventions beyond `schema.shard_path`; the card, statistics,
+validator, info table and uploader all discover configs, splits and shards through it, so the
+folder on disk (not a separate index) is the single source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sgvla.dataset.schema import STATS_PATH
+from sgvla.errors import SgvlaError
+
+SHARD_STATS_DIR = "meta/shards"
+MANIFEST_PATH = "meta/manifest.json"
+PLAN_PATH = "meta/plan.json"
+CARD_PATH = "README.md"
+_SHARD_RE = re.compile(r"^(?P<split>\w+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One Parquet shard on disk: `<config>/data/<split>-<i>-of-<n>.parquet`."""
+
+    config: str
+    split: str
+    index: int
+    count: int
+    path: Path
+
+
+def shard_stats_path(root: Path, config: str, split: str, shard_i: int) -> Path:
+    """Partial statistics of one shard: `meta/shards/<config>/<split>-NNNNN.json`."""
+    return Path(root) / SHARD_STATS_DIR / config / f"{split}-{shard_i:05d}.json"
+
+
+def find_shards(root: Path) -> list[Shard]:
+    """Every finished shard under `root`, sorted by (config, split, index); temp files are ignored."""
+    root = Path(root)
+    out = []
+    for p in sorted(root.glob("*/data/*.parquet")):
+        m = _SHARD_RE.match(p.name)
+        if m:
+            out.append(Shard(p.parent.parent.name, m["split"], int(m["i"]), int(m["n"]), p))
+    return out
+
+
+def group_shards(shards: list[Shard]) -> dict[str, dict[str, list[Shard]]]:
+    """{config: {split: [shards]}} keeping the sorted order."""
+    out: dict[str, dict[str, list[Shard]]] = {}
+    for s in shards:
+        out.setdefault(s.config, {}).setdefault(s.split, []).append(s)
+    return out
+
+
+def require_dataset(root: Path) -> list[Shard]:
+    """The shards of `root`, or a SgvlaError saying why `root` is not a dataset folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SgvlaError(f"dataset folder {root} does not exist: pass the --out folder of `sgvla gen`")
+    shards = find_shards(root)
+    if not shards:
+        raise SgvlaError(f"{root} holds no <task>/data/<split>-NNNNN-of-NNNNN.parquet shards: "
+                         "pass a folder written by `sgvla gen`")
+    return shards
+
+
+def read_json(path: Path) -> dict | None:
+    """Parsed JSON, or None when the file is absent (corrupt files raise SgvlaError)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SgvlaError(f"{path} is not valid JSON ({e}): re-run `sgvla gen` on the folder "
+                         "to rewrite it") from e
+
+
+def stats_path(root: Path) -> Path:
+    return Path(root) / STATS_PATH
