@@ -1,0 +1,417 @@
+"""Training data pipeline: the HF dataset -> model-ready torch samples.
+
+One sample is the observation at step t of an episode plus its targets:
+
+* ``pixel_values``: {"dino", "siglip"} float32 [V, 3, S, S], V = (history + 1) * len(views),
+  frame-major: all views of frame t-history, ..., all views of frame t, views in the order given
+  (any of "head_rgb", "hand_rgb", "head_depth", "hand_depth"). History frames before the episode
+  start repeat its first frame. Images go through `sgvla.model.transforms` exactly as at
+  evaluation: to_unit_image (depth via Eq. 1 from the 16-bit millimetres, 3 channels, never
+  through 8-bit PIL) -> bicubic resize to S -> DINOv2 / SigLIP normalisation.
+* ``instruction``, ``subtask``, ``task``: strings.
+* ``action``: float32[13], q01/q99-normalised to [-1, 1] with meta/stats.json;
+  ``action_chunk``: float32[H, 13] = actions t..t+H-1, normalised, past the episode end repeating
+  the last action; ``action_chunk_pad``: bool[H], True where padded.
+* ``aux``: {"global_pos": float32[2] base x, y (m, world), "grasp": float32 0/1,
+  "obj_pose": float32[7], "qpos": float32[12], "head_mask"/"hand_mask": float32[128, 128] 0/1}.
+* ``aux_valid``: the same keys -> bool. Rules (`aux_validity`): a target is invalid when any of
+  its values is NaN/inf (then it is zeroed); ``obj_pose`` is also invalid when it is all zeros
+  (the generator's "no pose") and for the subtasks outside `OBJ_POSE_SUBTASKS` (``close``: the
+  target is being pushed shut, its pose is not what the policy must find); masks are invalid only
+  when ``masks=False`` (not decoded) -- an empty mask is a correct label (target out of view).
+
+The pipeline has no randomness, so a sample depends only on its index; shuffling belongs to the
+sampler (`make_dataloader`: seeded RandomSampler or DistributedSampler), which makes it
+deterministic given a seed with any number of DataLoader workers. Only the image columns the
+views need are decoded (plus the two masks when ``masks=True``); vectors are read once into numpy
+at construction.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
+
+from sgvla.dataset.layout import find_shards, group_shards
+from sgvla.dataset.schema import ACTION_DIM, MASK_FIELDS, STATS_PATH
+from sgvla.errors import SgvlaError
+from sgvla.model.transforms import normalize_action, normalize_for_towers, resize, to_unit_image
+
+VIEW_ORDER = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
+DEFAULT_VIEWS = VIEW_ORDER
+VIEW_KIND = {"head_rgb": "rgb", "hand_rgb": "rgb", "head_depth": "depth", "hand_depth": "depth"}
+AUX_KEYS = ("global_pos", "grasp", "obj_pose", "qpos", "head_mask", "hand_mask")
+OBJ_POSE_SUBTASKS = ("pick", "place", "open")
+MASK_SIZE = 128
+_VECTORS = ("action", "qpos", "base_pose", "obj_pose")
+_TABULAR = ("episode_index", "frame_index", "is_grasped", "task", "subtask", "instruction", *_VECTORS)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the model consumes: views, history length, resolution, chunk length, masks."""
+
+    views: tuple[str, ...] = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
+    history: int = 0
+    image_size: int = 224
+    chunk_size: int = 8
+    masks: bool = True
+
+    def check(self) -> None:
+        bad = [v for v in self.views if v not in VIEW_KIND]
+        if bad or not self.views or len(set(self.views)) != len(self.views):
+            raise SgvlaError(f"views {list(self.views)} invalid: give distinct names from "
+                             f"{', '.join(VIEW_ORDER)}")
+        if self.history < 0 or self.chunk_size < 1 or self.image_size < 8:
+            raise SgvlaError(f"history={self.history}, chunk_size={self.chunk_size}, "
+                             f"image_size={self.image_size}: "
+                             "need history >= 0, chunk_size >= 1, image_size >= 8")
+
+    def image_fields(self) -> tuple[str, ...]:
+        return tuple(self.views) + (MASK_FIELDS if self.masks else ())
+
+
+# ---------------------------------------------------------------- decoding and sample assembly
+
+
+def decode_png(cell: dict | bytes) -> np.ndarray:
+    """PNG bytes (or an undecoded `Image` cell) -> array: RGB uint8 HxWx3, depth uint16, mask bool."""
+    from PIL import Image as PILImage
+
+    data = cell["bytes"] if isinstance(cell, dict) else cell
+    with PILImage.open(io.BytesIO(data)) as im:
+        return np.array(im)  # a writable copy: torch warns on read-only buffers
+
+
+def views_to_pixels(frames: list[dict[str, np.ndarray]], views: Sequence[str],
+                    size: int) -> dict[str, torch.Tensor]:
+    """Decoded frames (oldest first) -> {"dino","siglip"} [len(frames)*len(views), 3, size, size]."""
+    unit = []
+    for frame in frames:
+        for v in views:
+            arr = frame[v]
+            if VIEW_KIND[v] == "depth":
+                arr = arr.astype(np.int32)  # torch.uint16 supports few ops; values stay exact
+            unit.append(to_unit_image(torch.from_numpy(np.ascontiguousarray(arr)), VIEW_KIND[v]))
+    x = resize(torch.stack(unit), size)
+    return {k: t.contiguous() for k, t in normalize_for_towers(x).items()}
+
+
+def aux_validity(subtask: str, obj_pose: np.ndarray, values: dict[str, np.ndarray],
+                 masks: bool) -> dict[str, bool]:
+    """Per-target validity (rules in the module doc)."""
+    valid = {k: bool(np.all(np.isfinite(v))) for k, v in values.items()}
+    valid["obj_pose"] &= subtask in OBJ_POSE_SUBTASKS and bool(np.any(obj_pose != 0))
+    for k in ("head_mask", "hand_mask"):
+        valid[k] &= masks
+    return valid
+
+
+class SampleBuilder:
+    """Turns rows of one table (vectors in numpy + an image fetcher) into model-ready samples."""
+
+    def __init__(self, spec: PipelineSpec, q01: Sequence[float], q99: Sequence[float]):
+        self.spec = spec
+        self.q01 = np.asarray(q01, np.float32)
+        self.q99 = np.asarray(q99, np.float32)
+
+    def rows_for(self, t: int, start: int, end: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """(history rows oldest first, chunk rows, chunk pad mask) for row t of episode [start, end)."""
+        hist = [max(start, t - j) for j in range(self.spec.history, -1, -1)]
+        want = np.arange(t, t + self.spec.chunk_size)
+        return hist, np.minimum(want, end - 1), want >= end
+
+    def build(self, vec: dict[str, np.ndarray], text: dict[str, str], t: int, start: int, end: int,
+              fetch: Callable[[Sequence[str], list[int]], dict[str, list]]) -> dict:
+        spec = self.spec
+        hist, chunk, pad = self.rows_for(t, start, end)
+        need = sorted(set(hist) | {t})
+        cells = fetch(spec.image_fields(), need)
+        pos = {r: i for i, r in enumerate(need)}
+        frames = [{v: decode_png(cells[v][pos[r]]) for v in spec.views} for r in hist]
+        actions = normalize_action(vec["action"][chunk].astype(np.float32), self.q01, self.q99)
+        aux = {
+            "global_pos": vec["base_pose"][t, :2].astype(np.float32),
+            "grasp": np.float32(vec["is_grasped"][t]),
+            "obj_pose": vec["obj_pose"][t].astype(np.float32),
+            "qpos": vec["qpos"][t].astype(np.float32),
+        }
+        for m in MASK_FIELDS:
+            aux[m] = (decode_png(cells[m][pos[t]]).astype(np.float32) if spec.masks
+                      else np.zeros((MASK_SIZE, MASK_SIZE), np.float32))
+        valid = aux_validity(text["subtask"], aux["obj_pose"], aux, spec.masks)
+        aux = {k: torch.as_tensor(np.asarray(v, np.float32)) if valid[k] else torch.zeros(np.shape(v))
+               for k, v in aux.items()}
+        return {
+            "pixel_values": views_to_pixels(frames, spec.views, spec.image_size),
+            "instruction": text["instruction"], "subtask": text["subtask"], "task": text["task"],
+            "action": torch.from_numpy(actions[0].copy()),
+            "action_chunk": torch.from_numpy(actions),
+            "action_chunk_pad": torch.from_numpy(pad),
+            "aux": aux,
+            "aux_valid": {k: torch.tensor(v) for k, v in valid.items()},
+        }
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _is_local(source: str | Path) -> bool:
+    return Path(source).is_dir()
+
+
+def resolve_configs(source: str | Path, configs: str | Sequence[str] | None) -> list[str]:
+    """Configs to read: the given ones, or every config of the dataset."""
+    if isinstance(configs, str):
+        return [configs]
+    if configs:
+        return list(configs)
+    if _is_local(source):
+        found = list(group_shards(find_shards(Path(source))))
+    else:
+        from datasets import get_dataset_config_names
+
+        found = get_dataset_config_names(str(source))
+    if not found:
+        raise SgvlaError(f"{source} has no dataset configs: pass a folder written by `sgvla gen` or a Hub id")
+    return found
+
+
+def load_stats_for(source: str | Path, stats: dict | str | Path | None, revision: str | None = None) -> dict:
+    """Normalisation statistics: a dict, a JSON file, or the dataset's own meta/stats.json."""
+    import json
+
+    if isinstance(stats, dict):
+        return stats
+    if stats is not None:
+        path = Path(stats)
+    elif _is_local(source):
+        path = Path(source) / STATS_PATH
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(str(source), STATS_PATH, repo_type="dataset", revision=revision))
+        except Exception as e:  # noqa: BLE001 - offline, missing repo, missing file: one message
+            raise SgvlaError(f"cannot fetch {STATS_PATH} of Hub dataset {source} ({type(e).__name__}): "
+                             "check the repo id and network, or pass stats=<path to stats.json>") from e
+    if not path.exists():
+        raise SgvlaError(f"{path} is missing: run `sgvla gen` to finish the dataset, "
+                         "or pass stats=<stats.json>")
+    st = json.loads(path.read_text())
+    if len(st.get("action", {}).get("q01", [])) != ACTION_DIM:
+        raise SgvlaError(f"{path} has no 13-D action q01/q99: regenerate it with `sgvla gen` on the folder")
+    return st
+
+
+def _load_hf(source: str | Path, config: str, split: str, revision: str | None, cache_dir: str | None):
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(str(source), config, split=split, revision=revision, cache_dir=cache_dir)
+    except ValueError as e:
+        raise SgvlaError(f"dataset {source} has no config {config!r} / split {split!r} ({e})") from e
+
+
+def _require_fields(features, spec: PipelineSpec, where: str) -> None:
+    need = list(spec.image_fields()) + list(_TABULAR)
+    missing = [f for f in need if f not in features]
+    if missing:
+        raise SgvlaError(f"{where} has no field(s) {missing}, needed by views={list(spec.views)} "
+                         f"masks={spec.masks}: change the views / masks setting or regenerate the dataset")
+
+
+def _episode_bounds(episode: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row the [start, end) rows of its episode (rows sorted by episode, frame)."""
+    n = len(episode)
+    first = np.ones(n, bool)
+    first[1:] = (episode[1:] != episode[:-1]) | (frame[1:] == 0)
+    idx = np.arange(n)
+    start = np.maximum.accumulate(np.where(first, idx, 0))
+    nxt = np.where(first, idx, n)
+    end = np.minimum.accumulate(np.append(nxt[1:], n)[::-1])[::-1]
+    return start, end
+
+
+# ---------------------------------------------------------------- map-style dataset
+
+
+class SgvlaTorchDataset(Dataset):
+    """Map-style dataset over one split of one or more configs (see the module doc for samples).
+
+    `source` is a dataset folder or a Hub repo id; `stats` a dict / stats.json path (default:
+    the dataset's meta/stats.json).
+    """
+
+    def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
+                 views: Sequence[str] = DEFAULT_VIEWS, history: int = 0,
+                 image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
+                 seed: int = 0, masks: bool = True, revision: str | None = None,
+                 cache_dir: str | None = None):
+        from datasets import Image, concatenate_datasets
+
+        self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks)
+        self.spec.check()
+        self.seed = seed
+        self.stats = load_stats_for(source, stats, revision)
+        parts = []
+        for config in resolve_configs(source, configs):
+            ds = _load_hf(source, config, split, revision, cache_dir)
+            _require_fields(ds.features, self.spec, f"dataset {source} config {config!r}")
+            parts.append(ds)
+        ds = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        self._read_vectors(ds)
+        images = ds.select_columns(list(self.spec.image_fields()))
+        for f in self.spec.image_fields():
+            images = images.cast_column(f, Image(decode=False))
+        self._images = images
+        self.builder = SampleBuilder(self.spec, self.stats["action"]["q01"], self.stats["action"]["q99"])
+
+    def _read_vectors(self, ds) -> None:
+        tab = ds.select_columns(list(_TABULAR)).with_format("numpy")[:]
+        self.vec = {k: np.asarray(tab[k]) for k in (*_VECTORS, "is_grasped", "episode_index", "frame_index")}
+        self.vec = {k: (np.stack(v) if v.dtype == object else v) for k, v in self.vec.items()}
+        feats = ds.features
+        self._task = np.asarray(feats["task"].names)[tab["task"]]
+        self._subtask = np.asarray(feats["subtask"].names)[tab["subtask"]]
+        self._instruction = np.asarray(tab["instruction"]).astype(str)
+        self.start, self.end = _episode_bounds(self.vec["episode_index"], self.vec["frame_index"])
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def _fetch(self, fields: Sequence[str], rows: list[int]) -> dict[str, list]:
+        return self._images[rows]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        text = {"instruction": str(self._instruction[i]), "subtask": str(self._subtask[i]),
+                "task": str(self._task[i])}
+        return self.builder.build(self.vec, text, int(i), int(self.start[i]), int(self.end[i]), self._fetch)
+
+
+def make_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 2, shuffle: bool = True,
+                    seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                    epoch: int = 0) -> DataLoader:
+    """A DataLoader whose order depends only on (seed, epoch, rank, world_size).
+
+    With world_size > 1 it uses a DistributedSampler (call `loader.sampler.set_epoch(e)` per epoch);
+    otherwise a RandomSampler driven by a generator seeded with seed + epoch.
+    """
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
+        sampler.set_epoch(epoch)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed + epoch))
+    else:
+        sampler = None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+# ---------------------------------------------------------------- streaming variant
+
+
+class SgvlaStreamingDataset(IterableDataset):
+    """Iterable twin of `SgvlaTorchDataset` over `load_dataset(..., streaming=True)`.
+
+    Shards hold whole episodes, so it reads one episode at a time (rows buffered, images left
+    undecoded until a sample needs them) and yields its samples through a seeded shuffle buffer.
+    Shard order is shuffled with (seed, epoch); DataLoader workers and ranks get disjoint shards
+    (`datasets` splits by shard; for ranks use `split_dataset_by_node` through `rank`/`world_size`).
+    """
+
+    def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
+                 views: Sequence[str] = DEFAULT_VIEWS, history: int = 0,
+                 image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
+                 seed: int = 0, masks: bool = True, shuffle_buffer: int = 256, rank: int = 0,
+                 world_size: int = 1, revision: str | None = None):
+        self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks)
+        self.spec.check()
+        self.source, self.split, self.revision = source, split, revision
+        self.configs = resolve_configs(source, configs)
+        self.stats = load_stats_for(source, stats, revision)
+        self.seed, self.epoch, self.shuffle_buffer = seed, 0, shuffle_buffer
+        self.rank, self.world_size = rank, world_size
+        self.builder = SampleBuilder(self.spec, self.stats["action"]["q01"], self.stats["action"]["q99"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _stream(self):
+        from datasets import Image, concatenate_datasets, load_dataset
+        from datasets.distributed import split_dataset_by_node
+
+        parts = []
+        for config in self.configs:
+            ds = load_dataset(str(self.source), config, split=self.split, streaming=True,
+                              revision=self.revision)
+            _require_fields(ds.features, self.spec, f"dataset {self.source} config {config!r}")
+            ds = ds.select_columns(list(_TABULAR) + list(self.spec.image_fields()))
+            for f in self.spec.image_fields():
+                ds = ds.cast_column(f, Image(decode=False))
+            parts.append(ds)
+        ds = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        # shuffle the shard order only, reading one shard at a time, so that episodes stay whole
+        ds = ds.shuffle(seed=self.seed + self.epoch, buffer_size=1, max_buffer_input_shards=1)
+        if self.world_size > 1:
+            ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size, strategy="shards")
+        return ds
+
+    def _episodes(self) -> Iterator[list[dict]]:
+        rows: list[dict] = []
+        for row in self._stream():
+            if rows and (row["episode_index"] != rows[-1]["episode_index"] or row["frame_index"] == 0):
+                yield rows
+                rows = []
+            rows.append(row)
+        if rows:
+            yield rows
+
+    def _episode_samples(self, rows: list[dict]) -> Iterator[dict]:
+        from sgvla.dataset.schema import FEATURES
+
+        vec = {k: np.asarray([r[k] for r in rows], np.float32) for k in _VECTORS}
+        vec["is_grasped"] = np.asarray([r["is_grasped"] for r in rows])
+        r0 = rows[0]
+        text = {"instruction": r0["instruction"], "subtask": FEATURES["subtask"].int2str(r0["subtask"]),
+                "task": FEATURES["task"].int2str(r0["task"])}
+
+        def fetch(fields, idx):
+            return {f: [rows[i][f] for i in idx] for f in fields}
+
+        for t in range(len(rows)):
+            text_t = {**text, "instruction": rows[t]["instruction"]}
+            yield self.builder.build(vec, text_t, t, 0, len(rows), fetch)
+
+    def __iter__(self) -> Iterator[dict]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        buf: list[dict] = []
+        for rows in self._episodes():
+            for s in self._episode_samples(rows):
+                if len(buf) < self.shuffle_buffer:
+                    buf.append(s)
+                    continue
+                j = int(rng.integers(len(buf)))
+                yield buf[j]
+                buf[j] = s
+        rng.shuffle(buf)
+        yield from buf
+
+
+def num_views(spec: PipelineSpec) -> int:
+    """V in pixel_values [V, 3, S, S]."""
+    return (spec.history + 1) * len(spec.views)
+
+
+__all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader", "decode_png",
+           "views_to_pixels", "aux_validity", "num_views", "VIEW_ORDER", "AUX_KEYS", "OBJ_POSE_SUBTASKS"]

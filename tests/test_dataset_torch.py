@@ -1,0 +1,196 @@
+"""The training data pipeline yields what the model expects, deterministically, with any workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from datasets import Features
+
+from sgvla.dataset.schema import FEATURES, STATS_PATH
+from sgvla.dataset.synthetic import write_synthetic_dataset
+from sgvla.dataset.torch_dataset import (
+    SgvlaStreamingDataset,
+    SgvlaTorchDataset,
+    decode_png,
+    make_dataloader,
+)
+from sgvla.errors import SgvlaError
+from sgvla.model.transforms import normalize_action
+
+S = 32  # small model resolution keeps the tests fast; 128 -> 32 still exercises the resize
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = tmp_path_factory.mktemp("ds")
+    write_synthetic_dataset(r, "mini_kitchen", {"train": [5, 3, 4, 6], "val": [3]}, episodes_per_shard=2,
+                            finalize=False)
+    return write_synthetic_dataset(r, "set_table", {"train": [4, 2]}, episodes_per_shard=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hf_cache"))
+
+
+@pytest.fixture(scope="module")
+def rows(root):
+    t = pq.read_table(sorted(root.glob("mini_kitchen/data/train-*.parquet"))).to_pydict()
+    return t
+
+
+def test_sample_format_shapes_dtypes_and_ranges(root, cache):
+    ds = SgvlaTorchDataset(root, "mini_kitchen", views=("head_rgb", "hand_rgb", "head_depth"), history=2,
+                           image_size=S, chunk_size=4, cache_dir=cache)
+    assert len(ds) == 18
+    s = ds[6]
+    for tower in ("dino", "siglip"):
+        x = s["pixel_values"][tower]
+        assert x.dtype == torch.float32 and x.shape == (9, 3, S, S)
+    assert s["pixel_values"]["siglip"].min() >= -1 and s["pixel_values"]["siglip"].max() <= 1
+    dino_lo = (0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    lowest = s["pixel_values"]["dino"].amin(dim=(0, 2, 3))
+    assert torch.all(lowest >= torch.tensor(dino_lo, dtype=torch.float32) - 1e-5)
+    assert isinstance(s["instruction"], str) and s["subtask"] == "place" and s["task"] == "mini_kitchen"
+    assert s["action"].dtype == torch.float32 and s["action"].shape == (13,)
+    assert s["action_chunk"].shape == (4, 13) and s["action_chunk_pad"].dtype == torch.bool
+    assert s["action"].abs().max() <= 1
+    shapes = {"global_pos": (2,), "grasp": (), "obj_pose": (7,), "qpos": (12,), "head_mask": (128, 128),
+              "hand_mask": (128, 128)}
+    assert {k: tuple(v.shape) for k, v in s["aux"].items()} == shapes
+    assert all(v.dtype == torch.float32 for v in s["aux"].values())
+    assert set(s["aux_valid"]) == set(shapes) and all(v.dtype == torch.bool for v in s["aux_valid"].values())
+    assert set(torch.unique(s["aux"]["head_mask"]).tolist()) <= {0.0, 1.0}
+
+
+def test_history_is_frame_major_and_clamps_at_the_episode_start(root, cache):
+    views = ("head_rgb", "hand_rgb")
+    ds = SgvlaTorchDataset(root, "mini_kitchen", views=views, history=2, image_size=S, cache_dir=cache)
+    cur = SgvlaTorchDataset(root, "mini_kitchen", views=views, history=0, image_size=S, cache_dir=cache)
+    px = lambda d, i: d[i]["pixel_values"]["siglip"]  # noqa: E731
+    # episode 1 starts at row 5; row 6 sees frames (5, 5, 6); views per frame in the given order
+    x = px(ds, 6)
+    assert torch.equal(x[0:2], px(cur, 5)) and torch.equal(x[2:4], px(cur, 5))
+    assert torch.equal(x[4:6], px(cur, 6))
+    assert not torch.equal(x[0], x[1])  # head then hand, not the same view twice
+    y = px(ds, 9)  # episode 2 spans rows 8..11: row 9 sees frames (8, 8, 9)
+    assert torch.equal(y[0:2], px(cur, 8)) and torch.equal(y[4:6], px(cur, 9))
+
+
+def test_actions_are_q01_q99_normalised_and_chunks_pad_at_the_episode_end(root, rows, cache):
+    stats = json.loads((root / STATS_PATH).read_text())
+    q01, q99 = stats["action"]["q01"], stats["action"]["q99"]
+    ds = SgvlaTorchDataset(root, "mini_kitchen", views=("head_rgb",), image_size=S, chunk_size=8,
+                           cache_dir=cache)
+    raw = np.asarray(rows["action"], np.float32)
+    s = ds[2]  # episode 0 has rows 0..4: chunk rows 2,3,4 then 4 repeated
+    np.testing.assert_allclose(s["action"], normalize_action(raw[2], q01, q99), atol=1e-6)
+    want = normalize_action(raw[[2, 3, 4, 4, 4, 4, 4, 4]], q01, q99)
+    np.testing.assert_allclose(s["action_chunk"], want, atol=1e-6)
+    assert s["action_chunk_pad"].tolist() == [False] * 3 + [True] * 5
+    assert ds[0]["action_chunk_pad"].tolist() == [False] * 5 + [True] * 3
+
+
+def test_depth_keeps_more_than_8_bits_and_follows_eq1(root, rows, cache):
+    ds = SgvlaTorchDataset(root, "mini_kitchen", views=("head_depth",), image_size=128, cache_dir=cache)
+    p = ds[0]["pixel_values"]["siglip"][0] * 0.5 + 0.5
+    assert torch.equal(p[0], p[1]) and torch.equal(p[0], p[2])  # replicated to 3 channels
+    depth_mm = decode_png(rows["head_depth"][0]).astype(np.float64)
+    np.testing.assert_allclose(p[0].numpy(), 1 - np.tanh(depth_mm / 1000), atol=1e-6)
+    assert len(torch.unique(p[0])) > 256
+    # 1 mm apart stays apart: an 8-bit image could not separate these levels
+    a, b = np.unravel_index(np.argsort(depth_mm, axis=None)[[5000, 5001]], depth_mm.shape)
+    if depth_mm[a[0], b[0]] != depth_mm[a[1], b[1]]:
+        assert p[0, a[0], b[0]] != p[0, a[1], b[1]]
+
+
+def test_aux_validity_rules(root, cache):
+    ds = SgvlaTorchDataset(root, "mini_kitchen", views=("head_rgb",), image_size=S, cache_dir=cache)
+    by_sub: dict[str, list[bool]] = {}
+    for i in range(len(ds)):
+        s = ds[i]
+        by_sub.setdefault(s["subtask"], []).append(bool(s["aux_valid"]["obj_pose"]))
+        if not s["aux_valid"]["obj_pose"]:
+            assert torch.count_nonzero(s["aux"]["obj_pose"]) == 0
+        assert s["aux_valid"]["global_pos"] and s["aux_valid"]["qpos"] and s["aux_valid"]["head_mask"]
+    assert all(by_sub["pick"]) and all(by_sub["place"]) and all(by_sub["open"])
+    assert not any(by_sub["close"])
+    nomask = SgvlaTorchDataset(root, "mini_kitchen", views=("head_rgb",), image_size=S, masks=False,
+                               cache_dir=cache)[0]
+    assert not nomask["aux_valid"]["head_mask"] and torch.count_nonzero(nomask["aux"]["hand_mask"]) == 0
+
+
+def test_all_configs_by_default(root, cache):
+    ds = SgvlaTorchDataset(root, views=("hand_rgb",), image_size=S, cache_dir=cache)
+    assert len(ds) == 18 + 6
+    assert ds[len(ds) - 1]["task"] == "set_table" and ds[0]["task"] == "mini_kitchen"
+    assert ds[18]["action_chunk_pad"].tolist() == [False] * 4 + [True] * 4  # set_table episode 0, length 4
+
+
+def _batches(loader):
+    return [b["action"].clone() for b in loader]
+
+
+def test_dataloader_is_deterministic_with_workers_and_ranks_are_disjoint(root, cache):
+    ds = SgvlaTorchDataset(root, "mini_kitchen", views=("head_rgb", "head_depth"), history=1, image_size=S,
+                           cache_dir=cache)
+    a = _batches(make_dataloader(ds, batch_size=4, num_workers=2, seed=7))
+    b = _batches(make_dataloader(ds, batch_size=4, num_workers=0, seed=7))
+    c = _batches(make_dataloader(ds, batch_size=4, num_workers=0, seed=8))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+    batch = next(iter(make_dataloader(ds, batch_size=3, num_workers=0)))
+    assert batch["pixel_values"]["dino"].shape == (3, 4, 3, S, S) and len(batch["instruction"]) == 3
+    assert batch["aux_valid"]["obj_pose"].shape == (3,)
+    seen = []
+    for rank in range(2):
+        loader = make_dataloader(ds, batch_size=2, num_workers=0, seed=1, rank=rank, world_size=2)
+        seen.append({tuple(r.tolist()) for bt in _batches(loader) for r in bt})
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == len(ds)
+
+
+def test_streaming_yields_the_same_samples(root, cache):
+    kw = dict(views=("head_rgb", "hand_depth"), history=1, image_size=S, chunk_size=3)
+    mapped = SgvlaTorchDataset(root, "mini_kitchen", cache_dir=cache, **kw)
+    stream = list(SgvlaStreamingDataset(root, "mini_kitchen", seed=0, **kw))
+    assert len(stream) == len(mapped)
+    key = lambda s: tuple(s["action_chunk"].flatten().tolist())  # noqa: E731
+    want = {key(mapped[i]): mapped[i] for i in range(len(mapped))}
+    for s in stream:
+        m = want[key(s)]
+        assert torch.equal(s["pixel_values"]["dino"], m["pixel_values"]["dino"])
+        assert torch.equal(s["action_chunk_pad"], m["action_chunk_pad"]) and s["subtask"] == m["subtask"]
+        assert all(torch.equal(s["aux"][k], m["aux"][k]) for k in m["aux"])
+    order = [key(s) for s in SgvlaStreamingDataset(root, "mini_kitchen", seed=0, **kw)]
+    assert order == [key(s) for s in stream]  # same seed, same order
+
+
+def test_bad_views_and_missing_fields_are_clear_errors(root, tmp_path, cache):
+    with pytest.raises(SgvlaError, match="views"):
+        SgvlaTorchDataset(root, "mini_kitchen", views=("head_rgb", "left_rgb"), cache_dir=cache)
+    with pytest.raises(SgvlaError, match="history"):
+        SgvlaTorchDataset(root, "mini_kitchen", history=-1, cache_dir=cache)
+    # an RGB-only export of the dataset: depth columns dropped, features without them
+    rgb_only = tmp_path / "rgb_only"
+    keep = Features({k: v for k, v in FEATURES.items() if "depth" not in k})
+    for p in root.glob("mini_kitchen/data/train-*.parquet"):
+        out = rgb_only / p.relative_to(root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        t = pq.read_table(p).select(list(keep))
+        pq.write_table(t.cast(keep.arrow_schema), out)
+    (rgb_only / "README.md").write_text("---\nconfigs:\n- config_name: mini_kitchen\n  data_files:\n"
+                                        "  - split: train\n    path: mini_kitchen/data/train-*\n---\n")
+    (rgb_only / "meta").mkdir()
+    shutil.copy(root / STATS_PATH, rgb_only / STATS_PATH)
+    ds = SgvlaTorchDataset(rgb_only, "mini_kitchen", views=("head_rgb",), image_size=S, cache_dir=cache)
+    assert len(ds) == 18
+    with pytest.raises(SgvlaError, match="head_depth"):
+        SgvlaTorchDataset(rgb_only, "mini_kitchen", views=("head_rgb", "head_depth"), cache_dir=cache)
+    (rgb_only / STATS_PATH).unlink()
+    with pytest.raises(SgvlaError, match="stats.json is missing"):
+        SgvlaTorchDataset(rgb_only, "mini_kitchen", views=("head_rgb",), cache_dir=cache)
