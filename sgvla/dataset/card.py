@@ -18,7 +18,7 @@ from huggingface_hub import DatasetCardData
 
 import sgvla
 from sgvla.dataset.atomic import write_text_atomic
-from sgvla.dataset.layout import CARD_PATH, MANIFEST_PATH, group_shards, read_json, require_dataset
+from sgvla.dataset.layout import CARD_PATH, MANIFEST_PATH, fmt_bytes, group_shards, read_json, require_dataset
 from sgvla.dataset.schema import FEATURES, FIELD_DOCS, FPS, IMAGE_SIZE, STATS_FIELDS, STATS_PATH
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -56,13 +56,6 @@ def card_data(root: Path, license_id: str = DEFAULT_LICENSE) -> DatasetCardData:
     }).to_dataset_card_data(data)
     return data
 
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _counts_section(stats: dict | None) -> str:
@@ -150,7 +143,7 @@ head and hand RGB, depth and target masks, robot state, target pose and grasp la
 auxiliary targets of SG-VLA ("Learning Spatially-Grounded Vision-Language-Action Models for Mobile
 Manipulation", arXiv 2603.22760). One row is one control step at {FPS} Hz; each configuration is one
 task, each Parquet shard holds whole episodes sorted by (`episode_index`, `frame_index`).
-Size on disk: {_fmt_bytes(size)}.
+Size on disk: {fmt_bytes(size)}.
 
 ## Loading
 

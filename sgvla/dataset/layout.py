@@ -83,3 +83,12 @@ def read_json(path: Path) -> dict | None:
 
 def stats_path(root: Path) -> Path:
     return Path(root) / STATS_PATH
+
+
+def fmt_bytes(n: float) -> str:
+    """Human-readable size in decimal units (as the Hub shows them)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
