@@ -1,0 +1,134 @@
+"""Auxiliary labels read from a live simulator: one extractor for MS-HAB's envs and ours.
+
+Both env families expose the same handles (see mshab-hab-datagen.md, section 3): the Fetch `agent`
+with its `base_link`, cameras `fetch_head` / `fetch_hand`, and the subtask's target. Our built-in
+scene names the target directly (`label_target`: the object for pick/place, the handle link for
+open/close); MS-HAB's envs have `subtask_objs[0]` for pick/place and, for open/close, the handle
+link `subtask_articulations[0].links[task_plan[0].articulation_handle_link_idx]`.
+
+Everything is read for all `num_envs` sub-scenes at once (arrays with a leading env axis), so the
+same code serves one CPU env and a batch of GPU envs. Labels are read at the moment the
+observation was rendered, so images and labels always describe the same simulator state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Dataset camera name -> ManiSkill sensor uid of Fetch.
+CAMERA_UIDS = {"head": "fetch_head", "hand": "fetch_hand"}
+#: Fetch's active joints are [root_x, root_y, root_yaw, 12 others]; the dataset keeps the 12.
+BASE_DOF = 3
+
+
+def resolve_target(env, subtask: str):
+    """The Actor or Link whose mask, pose and grasp are labelled; re-resolve after every reset.
+
+    MS-HAB rebuilds its merged target actors on each reset, so a handle kept from a previous
+    episode would point at the wrong object.
+    """
+    u = env.unwrapped
+    target = getattr(u, "label_target", None)
+    if target is not None:
+        return target
+    if subtask in ("pick", "place"):
+        objs = getattr(u, "subtask_objs", None) or []
+        if objs and objs[0] is not None:
+            return objs[0]
+    else:
+        arts = getattr(u, "subtask_articulations", None) or []
+        plan = getattr(u, "task_plan", None) or []
+        if arts and arts[0] is not None and plan and hasattr(plan[0], "articulation_handle_link_idx"):
+            return arts[0].links[plan[0].articulation_handle_link_idx]
+    raise RuntimeError(f"env {u.spec.id if u.spec else type(u).__name__} exposes no {subtask} target: it "
+                       "needs `label_target`, or MS-HAB's `subtask_objs` / `subtask_articulations`")
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+@dataclass
+class FrameLabels:
+    """Everything recorded about one observation, for every sub-scene (leading axis = env)."""
+
+    rgb: dict[str, np.ndarray]  # camera -> (N, H, W, 3) uint8
+    depth: dict[str, np.ndarray]  # camera -> (N, H, W) millimetres
+    mask: dict[str, np.ndarray]  # camera -> (N, H, W) bool
+    qpos: np.ndarray  # (N, 12)
+    base_pose: np.ndarray  # (N, 7) world, wxyz
+    obj_pose_world: np.ndarray  # (N, 7)
+    obj_pose: np.ndarray  # (N, 7) in the base frame
+    is_grasped: np.ndarray  # (N,) bool
+
+
+def is_grasped(env, info: dict, target) -> torch.Tensor:
+    """The env's own `info["is_grasped"]` when it reports one (same thresholds as its success
+    check), otherwise ManiSkill's `agent.is_grasping(target)`."""
+    if isinstance(info, dict) and "is_grasped" in info:
+        return torch.as_tensor(info["is_grasped"]).reshape(-1)
+    return env.unwrapped.agent.is_grasping(target).reshape(-1)
+
+
+def read_labels(env, obs: dict, info: dict, target) -> FrameLabels:
+    """Images from `obs` (rendered with rgb+depth+segmentation) plus state labels read now."""
+    u = env.unwrapped
+    agent = u.agent
+    ids = _np(target.per_scene_id).reshape(-1, 1, 1)
+    rgb, depth, mask = {}, {}, {}
+    for cam, uid in CAMERA_UIDS.items():
+        data = obs["sensor_data"][uid]
+        rgb[cam] = _np(data["rgb"])
+        depth[cam] = _np(data["depth"])[..., 0]
+        mask[cam] = _np(data["segmentation"])[..., 0] == ids
+    base = agent.base_link.pose
+    obj = target.pose
+    return FrameLabels(
+        rgb=rgb,
+        depth=depth,
+        mask=mask,
+        qpos=_np(agent.robot.get_qpos())[:, BASE_DOF:].astype(np.float32),
+        base_pose=_np(base.raw_pose).astype(np.float32),
+        obj_pose_world=_np(obj.raw_pose).astype(np.float32),
+        obj_pose=_np((base.inv() * obj).raw_pose).astype(np.float32),
+        is_grasped=_np(is_grasped(env, info, target)).astype(bool),
+    )
+
+
+def episode_text(env, subtask: str, target_name: str | None, env_i: int = 0) -> tuple[str, str]:
+    """(instruction, target name): the env's own when it has them (our scene), else from the name.
+
+    MS-HAB has no language; its files are named after the target (`024_bowl`, `fridge`,
+    `kitchen_counter`), which gives instructions like "pick up the bowl" / "open the drawer".
+    """
+    u = env.unwrapped
+
+    def pick(value):
+        if isinstance(value, (list, tuple)):
+            return value[env_i]
+        return value
+
+    instruction = pick(getattr(u, "instruction", None))
+    name = pick(getattr(u, "target_name", None)) or target_name or subtask
+    if instruction:
+        return str(instruction), str(name)
+    return template_instruction(subtask, str(name)), str(name)
+
+
+def _noun(name: str) -> str:
+    """`024_bowl` -> "bowl", `kitchen_counter` -> "drawer" (the counter's articulated part)."""
+    if name == "kitchen_counter":
+        return "drawer"
+    parts = name.split("_")
+    if parts and parts[0].isdigit():
+        parts = parts[1:]
+    return " ".join(parts) or name
+
+
+def template_instruction(subtask: str, name: str) -> str:
+    noun = _noun(name)
+    return {"pick": f"pick up the {noun}", "place": f"place the {noun}", "open": f"open the {noun}",
+            "close": f"close the {noun}"}[subtask]

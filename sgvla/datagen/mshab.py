@@ -1,0 +1,113 @@
+"""The MS-HAB replay path: what it needs on disk, how to rebuild an env for a published demo file.
+
+MS-HAB's published demos (`arth-shukla/MS-HAB-{TidyHouse,PrepareGroceries,SetTable}`) are one
+`.h5` + `.json` per target object, recorded without env states, and their JSON drops the task
+plans and spawn data the env was built with. To replay them we rebuild `{Subtask}SubtaskTrain-v0`
+from the per-object task-plan file (`task_plans/<task>/<subtask>/train/<obj>.json`, not
+`all.json`: `task_plan_idx` indexes the per-object plans) and the subtask's `spawn_data.pt`, then
+reset each episode with its recorded `build_config_idx`, `task_plan_idx` and
+`spawn_selection_idx`. Everything is checked before any simulator starts, and a missing piece
+is reported with the command that fetches it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sgvla.datagen.sources import DemoEpisode, DemoFile
+from sgvla.errors import SgvlaError
+from sgvla.tasks import MSHAB_DEMO_REPOS, SUBTASKS
+
+MSHAB_ENV_IDS = {f"{s.capitalize()}SubtaskTrain-v0": s for s in SUBTASKS}
+#: Split of the task plans / spawn data the published demos were generated with.
+PLAN_SPLIT = "train"
+_INSTALL = ("git clone https://github.com/arth-shukla/mshab && pip install -e ./mshab "
+            "(it is not on PyPI)")
+
+
+def asset_root() -> Path:
+    """ManiSkill's data folder: `$MS_ASSET_DIR/data`, by default `~/.maniskill/data`."""
+    return Path(os.environ.get("MS_ASSET_DIR", os.path.join(os.path.expanduser("~"), ".maniskill"))) / "data"
+
+
+def rearrange_dir() -> Path:
+    return asset_root() / "scene_datasets" / "replica_cad_dataset" / "rearrange"
+
+
+def default_demos_dir(task: str) -> Path:
+    """Where MS-HAB's instructions download a task's demos (`rearrange-dataset/<task>`)."""
+    return asset_root() / "scene_datasets" / "replica_cad_dataset" / "rearrange-dataset" / task
+
+
+def _download_hint() -> str:
+    return (f"MS_ASSET_DIR={asset_root().parent} python -m mani_skill.utils.download_asset "
+            "ReplicaCAD ReplicaCADRearrange ycb")
+
+
+def required_paths(task: str, subtasks: tuple[str, ...]) -> list[Path]:
+    """Asset files and folders the rebuilt envs read (scenes, task plans, spawn data, YCB)."""
+    base = asset_root() / "scene_datasets" / "replica_cad_dataset"
+    paths = [base / "configs" / "scenes", rearrange_dir() / PLAN_SPLIT / task]
+    for s in subtasks:
+        paths.append(rearrange_dir() / "task_plans" / task / s / PLAN_SPLIT)
+        paths.append(rearrange_dir() / "spawn_data" / task / s / PLAN_SPLIT / "spawn_data.pt")
+    if any(s in ("pick", "place") for s in subtasks):
+        paths.append(asset_root() / "assets" / "mani_skill2_ycb")
+    return paths
+
+
+def check_ready(task: str, subtasks: tuple[str, ...]) -> None:
+    """Raise SgvlaError naming the first missing asset (with its download command) or package."""
+    root = asset_root()
+    if not root.is_dir():
+        raise SgvlaError(f"MS-HAB asset dir {root} does not exist (set MS_ASSET_DIR): download the scenes "
+                         f"with `{_download_hint()}` and the demos of {MSHAB_DEMO_REPOS[task]} into "
+                         f"{default_demos_dir(task)}")
+    for p in required_paths(task, subtasks):
+        if not p.exists():
+            raise SgvlaError(f"MS-HAB asset {p} is missing under MS_ASSET_DIR={root.parent}: download it "
+                             f"with `{_download_hint()}`")
+    try:
+        import mshab.envs  # noqa: F401  (registers {Subtask}SubtaskTrain-v0)
+        from mshab.envs.planner import plan_data_from_file  # noqa: F401
+    except ImportError as e:
+        raise SgvlaError(f"replaying MS-HAB demos needs the mshab package ({e}): {_INSTALL}") from e
+
+
+def check_file(task: str, demo: DemoFile) -> None:
+    """A file given for an MS-HAB task must come from MS-HAB's env and have its task-plan file."""
+    if demo.env_id not in MSHAB_ENV_IDS:
+        raise SgvlaError(f"{demo.path} was recorded in env {demo.env_id}, not an MS-HAB subtask env "
+                         f"({', '.join(MSHAB_ENV_IDS)}): pass MS-HAB demos with --task {task}")
+    plan = task_plan_file(task, demo)
+    if not plan.is_file():
+        raise SgvlaError(f"no MS-HAB task plan {plan} for demo file {demo.path}: the file name must be "
+                         f"the target's (e.g. 024_bowl.h5, fridge.h5); download plans with "
+                         f"`{_download_hint()}`")
+
+
+def task_plan_file(task: str, demo: DemoFile) -> Path:
+    return rearrange_dir() / "task_plans" / task / demo.subtask / PLAN_SPLIT / f"{demo.target}.json"
+
+
+def env_kwargs(task: str, demo: DemoFile) -> dict:
+    """The kwargs the JSON lacks: the per-object task plans, their scene builder, the spawn data."""
+    from mshab.envs.planner import plan_data_from_file
+
+    plan_data = plan_data_from_file(task_plan_file(task, demo))
+    spawn = rearrange_dir() / "spawn_data" / task / demo.subtask / PLAN_SPLIT / "spawn_data.pt"
+    return dict(task_plans=plan_data.plans, scene_builder_cls=plan_data.dataset, spawn_data_fp=str(spawn),
+                require_build_configs_repeated_equally_across_envs=False)
+
+
+def reset_options(episodes: list[DemoEpisode], reconfigure: bool) -> dict:
+    """`env.reset(options=...)` that recreates these episodes' start states, one per sub-scene."""
+    import torch
+
+    return dict(
+        reconfigure=reconfigure,
+        build_config_idxs=[int(e.reset_idxs["build_config_idx"]) for e in episodes],
+        task_plan_idxs=torch.tensor([int(e.reset_idxs["task_plan_idx"]) for e in episodes]),
+        spawn_selection_idxs=[int(e.reset_idxs["spawn_selection_idx"]) for e in episodes],
+    )
