@@ -1,0 +1,123 @@
+"""Loading SG-VLA: saved checkpoints (strict: nothing silently re-initialised) and pretrained parts.
+
+`transformers` warns and randomly initialises weights whose shapes do not match or that are missing;
+for a policy that would silently produce garbage actions, so every such case is an SgvlaError here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from sgvla.errors import SgvlaError
+from sgvla.model.configuration_sgvla import SGVLAConfig
+from sgvla.model.processing_sgvla import SGVLAProcessor, ensure_action_tokens
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def load_sgvla(cls, path: str | os.PathLike, *args, **kwargs):
+    """`SGVLAForActionPrediction.from_pretrained` with strict shape checks and the saved tokenizer."""
+    from transformers import PreTrainedConfig
+
+    if not Path(path).exists() and not _HUB_ID.fullmatch(str(path)):
+        raise SgvlaError(f"checkpoint folder {path} does not exist: give a folder written by save_pretrained")
+    try:
+        cfg_dict, _ = PreTrainedConfig.get_config_dict(str(path))
+    except OSError as e:
+        raise SgvlaError(f"cannot read {path}/config.json ({e}): give a folder written by save_pretrained") from None
+    if cfg_dict.get("model_type") != SGVLAConfig.model_type:
+        raise SgvlaError(f"{path} holds a {cfg_dict.get('model_type')!r} model, not an SG-VLA checkpoint: "
+                         "use from_components() for pretrained towers/LLM")
+    kwargs["output_loading_info"] = True
+    try:
+        model, info = cls._hf_from_pretrained(str(path), *args, **kwargs)
+    except RuntimeError as e:  # size mismatches raised by torch
+        raise SgvlaError(f"checkpoint {path} does not fit this model configuration ({str(e).splitlines()[0]}): "
+                         "load it with its own config.json") from None
+    problems = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        detail = "; ".join(f"{k}: {v[:3]}{' ...' if len(v) > 3 else ''}" for k, v in problems.items())
+        raise SgvlaError(f"checkpoint {path} has another shape than the requested model ({detail}): load it "
+                         "without config overrides, or retrain")
+    model.set_processor(SGVLAProcessor.from_pretrained(path, model.config))
+    return model
+
+
+def _component(kind: str, loader, src: str, model_types: tuple[str, ...]):
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(src)
+    except (OSError, ValueError) as e:
+        raise SgvlaError(f"cannot load the {kind} component {src!r} ({str(e).splitlines()[0]}): give a folder "
+                         "written by save_pretrained or a Hub id available offline") from None
+    if cfg.model_type not in model_types:
+        raise SgvlaError(f"{kind} component {src!r} is a {cfg.model_type!r} model; expected "
+                         f"{' or '.join(model_types)}")
+    return loader.from_pretrained(src, dtype=torch.float32)
+
+
+def _resampled_dino_positions(dino, size: int) -> torch.Tensor:
+    """DINO position embeddings resampled once to `size` px with the model's own bicubic routine, so
+    the result equals what the checkpoint computes on the fly at that size."""
+    emb = dino.embeddings
+    n = (size // dino.config.patch_size) ** 2
+    with torch.no_grad():
+        return emb.interpolate_pos_encoding(torch.zeros(1, n + 1, dino.config.hidden_size), size, size).clone()
+
+
+def _without_last_block(state: dict, block_prefix: str, n_layers: int, drop: tuple[str, ...]) -> dict:
+    last = f"{block_prefix}.{n_layers - 1}."
+    return {k: v for k, v in state.items() if not k.startswith(last) and not k.startswith(drop)}
+
+
+def _load_exact(module: torch.nn.Module, state: dict, what: str) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SgvlaError(f"the {what} weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def assemble_components(cls, dino: str, siglip: str, llm: str, tokenizer: str | None = None,
+                        dtype: torch.dtype | None = None, **overrides):
+    """Build SG-VLA from pretrained DINOv2-with-registers, SigLIP (vision or full) and Qwen2 parts."""
+    from transformers import AutoTokenizer, Dinov2WithRegistersModel, Qwen2ForCausalLM, SiglipVisionModel
+
+    size = int(overrides.get("image_size", 224))
+    dino_m = _component("DINOv2", Dinov2WithRegistersModel, dino, ("dinov2_with_registers",))
+    sig_m = _component("SigLIP", SiglipVisionModel, siglip, ("siglip", "siglip_vision_model"))
+    llm_m = _component("LLM", Qwen2ForCausalLM, llm, ("qwen2",))
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer or llm)
+    except (OSError, ValueError) as e:
+        raise SgvlaError(f"cannot load the tokenizer from {tokenizer or llm!r} ({str(e).splitlines()[0]})") \
+            from None
+    n_bins = int(overrides.get("n_action_bins", 256))
+    begin = ensure_action_tokens(tok, n_bins)
+    if len(tok) > llm_m.config.vocab_size:
+        llm_m.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
+
+    dino_state = dino_m.state_dict()
+    dino_cfg = copy.deepcopy(dino_m.config)
+    if dino_cfg.image_size != size:
+        dino_state["embeddings.position_embeddings"] = _resampled_dino_positions(dino_m, size)
+        dino_cfg.image_size = size
+    sig_cfg = copy.deepcopy(sig_m.config)
+    sig_cfg.vision_use_head = False
+    config = SGVLAConfig(dino_config=dino_cfg, siglip_config=sig_cfg, text_config=copy.deepcopy(llm_m.config),
+                         action_token_begin=begin,
+                         components={"dino": str(dino), "siglip": str(siglip), "llm": str(llm)}, **overrides)
+    model = cls(config)
+    _load_exact(model.vision.dino, _without_last_block(dino_state, "encoder.layer", dino_cfg.num_hidden_layers,
+                                                       ("layernorm.",)), "DINOv2")
+    _load_exact(model.vision.siglip, _without_last_block(sig_m.state_dict(), "encoder.layers",
+                                                         sig_cfg.num_hidden_layers, ("post_layernorm.", "head.")),
+                "SigLIP")
+    _load_exact(model.llm, llm_m.state_dict(), "LLM")
+    model.set_processor(SGVLAProcessor(config, tok))
+    return model.to(dtype) if dtype is not None else model

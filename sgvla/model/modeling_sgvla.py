@@ -1,0 +1,503 @@
+"""SG-VLA: fused DINOv2+SigLIP vision over RGB/depth views, Qwen2.5 LLM, discrete action tokens,
+auxiliary decoders and an optional flow-matching action expert (paper Sec. 4-6).
+
+Sequence layout: [first text token, V x P projected patch tokens, rest of the prompt, answer]. The
+prefix is everything before the answer (images + prompt up to the assistant header); the auxiliary
+decoders and the flow expert read only the prefix, so training and inference see the same thing.
+
+Training switches (see `forward`, `configure_stage`):
+* `compute=`: which losses to compute ("action", auxiliary decoder names, "flow"); default
+  `model.compute_losses` or, if unset, everything the config enables.
+* `config.aux_detach` / `set_aux_detach()`: decoders listed there read *detached* LLM features, so
+  their losses put zero gradient into the backbone (paper's stage 1).
+* `freeze_vlm()` / `unfreeze()`: stage 3 freezes everything but the expert.
+* `configure_stage(1 | 2 | 3)`: the three settings of the paper in one call.
+The flow loss always uses detached prefix keys/values: flow gradients never reach the VLM (Sec. 5.3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import LogitsProcessor, PreTrainedModel, Qwen2ForCausalLM
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from sgvla.errors import SgvlaError
+from sgvla.model.action_tokenizer import ActionTokenizer
+from sgvla.model.aux_decoders import AuxiliaryDecoders, QposDecoder
+from sgvla.model.configuration_sgvla import ACTION_MODES, AUX_NAMES, SGVLAConfig
+from sgvla.model.flow_expert import FlowMatchingExpert
+from sgvla.model.processing_sgvla import IGNORE_INDEX, SGVLAProcessor, build_byte_tokenizer
+from sgvla.model.transforms import unnormalize_action
+from sgvla.model.vision import FusedMLPProjector, FusedVisionBackbone
+
+LOSS_NAMES: tuple[str, ...] = ("action", *AUX_NAMES, "flow")
+
+
+@dataclass
+class SGVLAOutput(ModelOutput):
+    """`loss`: weighted total of the computed parts; `losses`: each part unweighted ("action", aux
+    names, "flow"); `token_accuracy`: argmax accuracy on the action tokens; `action_l1`: mean |error|
+    of the argmax-decoded normalised actions (when `action` is given); `aux_predictions`."""
+
+    loss: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] | None = None
+    token_accuracy: torch.Tensor | None = None
+    action_l1: torch.Tensor | None = None
+    aux_predictions: dict[str, Any] | None = None
+
+
+@dataclass
+class ActionPrediction:
+    """Result of `predict_action`: un-normalised actions in the env's action space.
+
+    `action`: the first action (action_dim,); `chunk`: all predicted steps (H, action_dim) for
+    flow, (1, action_dim) for tokens; `execute`: the steps to run open-loop before re-planning
+    (config.execute_steps for flow, 1 for tokens); `normalized_chunk`: `chunk` before
+    un-normalisation, in [-1, 1]; `mode`: "tokens" or "flow".
+    """
+
+    action: np.ndarray
+    chunk: np.ndarray
+    execute: np.ndarray
+    normalized_chunk: np.ndarray
+    mode: str
+
+
+class ActionTokensOnly(LogitsProcessor):
+    """Logits processor for `generate`: only the action token ids may be emitted."""
+
+    def __init__(self, begin: int, end: int):
+        self.begin, self.end = begin, end
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(scores, float("-inf"))
+        out[:, self.begin:self.end] = scores[:, self.begin:self.end]
+        return out
+
+
+class SGVLAPreTrainedModel(PreTrainedModel):
+    config_class = SGVLAConfig
+    base_model_prefix = "sgvla"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["Qwen2DecoderLayer", "ExpertLayer", "Dinov2WithRegistersLayer", "SiglipEncoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, QposDecoder):
+            init.normal_(module.mask_tokens, mean=0.0, std=0.02)
+
+
+class SGVLAForActionPrediction(SGVLAPreTrainedModel):
+    """The SG-VLA policy. Build with `SGVLAForActionPrediction(SGVLAConfig.from_preset(...))` (random
+    init), `from_components(...)` (pretrained towers + LLM) or `from_pretrained(folder)`."""
+
+    def __init__(self, config: SGVLAConfig):
+        super().__init__(config)
+        self.vision = FusedVisionBackbone(config.dino_config, config.siglip_config)
+        self.projector = FusedMLPProjector(config.vision_dim, config.text_config.hidden_size,
+                                           config.projector_hidden_size)
+        self.llm = Qwen2ForCausalLM(config.text_config)
+        self.aux = AuxiliaryDecoders(config)
+        self.expert = FlowMatchingExpert(config) if config.use_flow_expert else None
+        self._processor: SGVLAProcessor | None = None
+        #: Losses `forward` computes when `compute` is not given (None: all enabled ones).
+        self.compute_losses: tuple[str, ...] | None = None
+        self.post_init()
+
+    # -- processor ---------------------------------------------------------------------------
+    @property
+    def processor(self) -> SGVLAProcessor:
+        """Prompt/tokenizer/pixels helper; a random-init model gets the offline byte tokenizer."""
+        if self._processor is None:
+            self._processor = SGVLAProcessor(self.config, build_byte_tokenizer())
+        return self._processor
+
+    def set_processor(self, processor: SGVLAProcessor) -> None:
+        if processor.config is not self.config:
+            processor = SGVLAProcessor(self.config, processor.tokenizer)
+        self._processor = processor
+
+    @property
+    def action_tokenizer(self) -> ActionTokenizer:
+        if self.config.action_token_begin is None:
+            return self.processor.action_tokenizer
+        return ActionTokenizer(self.config.action_token_begin, self.config.n_action_bins)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    # -- training switches -------------------------------------------------------------------
+    def set_aux_detach(self, detach: bool | Iterable[str]) -> None:
+        """True: all auxiliary decoders read detached features (stage 1); False: none; or a list."""
+        names = list(self.config.aux_decoders) if detach is True else [] if detach is False else list(detach)
+        unknown = [n for n in names if n not in AUX_NAMES]
+        if unknown:
+            raise SgvlaError(f"set_aux_detach got unknown decoder(s) {unknown}: choose from {', '.join(AUX_NAMES)}")
+        self.config.aux_detach = names
+
+    def vlm_modules(self) -> list[nn.Module]:
+        """Everything except the flow expert (towers, projector, LLM, auxiliary decoders)."""
+        return [self.vision, self.projector, self.llm, self.aux]
+
+    def freeze_vlm(self) -> None:
+        """Stage 3: only the flow expert keeps `requires_grad`."""
+        for m in self.vlm_modules():
+            m.requires_grad_(False)
+        if self.expert is not None:
+            self.expert.requires_grad_(True)
+
+    def unfreeze(self) -> None:
+        """Every parameter trainable again (except DINO's unused mask token)."""
+        self.requires_grad_(True)
+        self.vision.dino.embeddings.mask_token.requires_grad_(False)
+
+    def configure_stage(self, stage: int) -> None:
+        """Paper's schedule. 1: action + aux losses, aux on detached features; 2: same with full
+        gradients; 3: VLM frozen, flow loss only. Re-wrap the model in DDP after calling this."""
+        aux = tuple(self.config.aux_decoders)
+        if stage in (1, 2):
+            self.unfreeze()
+            self.set_aux_detach(stage == 1)
+            self.compute_losses = ("action", *aux)
+        elif stage == 3:
+            if self.expert is None:
+                raise SgvlaError("stage 3 trains the flow expert but this model has use_flow_expert=False")
+            self.freeze_vlm()
+            self.compute_losses = ("flow",)
+        else:
+            raise SgvlaError(f"training stage must be 1, 2 or 3, got {stage!r}")
+
+    def _resolve_compute(self, compute: Iterable[str] | None) -> set[str]:
+        if compute is None:
+            compute = self.compute_losses
+        if compute is None:
+            compute = ["action", *self.config.aux_decoders] + (["flow"] if self.expert is not None else [])
+        names = set(compute)
+        unknown = names - set(LOSS_NAMES)
+        if unknown:
+            raise SgvlaError(f"compute= has unknown loss(es) {sorted(unknown)}: choose from {', '.join(LOSS_NAMES)}")
+        off = [n for n in names & set(AUX_NAMES) if n not in self.config.aux_decoders]
+        if off:
+            raise SgvlaError(f"compute= asks for decoder(s) {off} that this model does not have "
+                             f"(aux_decoders={self.config.aux_decoders})")
+        if "flow" in names and self.expert is None:
+            raise SgvlaError("compute= asks for 'flow' but this model has use_flow_expert=False")
+        return names
+
+    # -- inputs ------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """{"dino", "siglip"}: (B, V, 3, S, S) -> projected patch tokens (B, V * P, llm width)."""
+        c = self.config
+        want = (c.n_images, 3, c.image_size, c.image_size)
+        if not isinstance(pixel_values, Mapping) or set(pixel_values) != {"dino", "siglip"}:
+            raise SgvlaError("pixel_values must be a dict with 'dino' and 'siglip' tensors "
+                             "(see sgvla.model.transforms.normalize_for_towers)")
+        shapes = {k: tuple(v.shape) for k, v in pixel_values.items()}
+        if any(s[1:] != want for s in shapes.values()) or shapes["dino"] != shapes["siglip"]:
+            raise SgvlaError(f"pixel_values shapes {shapes} do not match this model: it expects (B, {want[0]}, 3, "
+                             f"{c.image_size}, {c.image_size}) = (history+1)*len(views) images for "
+                             f"views={c.views}, history={c.history}")
+        b, v = shapes["dino"][:2]
+        dtype = self.projector.net[0].weight.dtype
+        dino = pixel_values["dino"].reshape(b * v, *want[1:]).to(dtype)
+        sig = pixel_values["siglip"].reshape(b * v, *want[1:]).to(dtype)
+        feats = self.vision(dino, sig)
+        return self.projector(feats).reshape(b, v * feats.shape[1], -1)
+
+    def _assemble(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, images: torch.Tensor,
+                  labels: torch.Tensor | None = None):
+        """Insert the image tokens after the first text token (text is right-padded)."""
+        emb = self.llm.get_input_embeddings()(input_ids)
+        images = images.to(emb.dtype)
+        embeds = torch.cat([emb[:, :1], images, emb[:, 1:]], dim=1)
+        b, n = input_ids.shape[0], images.shape[1]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        ones = attention_mask.new_ones(b, n)
+        attn = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+        full_labels = None
+        if labels is not None:
+            ign = labels.new_full((b, n), IGNORE_INDEX)
+            full_labels = torch.cat([labels[:, :1], ign, labels[:, 1:]], dim=1)
+        return embeds, attn, full_labels
+
+    def _camera_grids(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Current-frame patch tokens of each camera (its views averaged): (B, P, width)."""
+        c, p = self.config, self.config.patches_per_image
+        grids = {}
+        for cam in c.mask_cameras:
+            idx = [c.image_index(c.history, v) for v in c.views if v.startswith(cam + "_")]
+            grids[cam] = torch.stack([hidden[:, 1 + j * p: 1 + (j + 1) * p] for j in idx]).mean(0)
+        return grids
+
+    def _rotary(self, x: torch.Tensor, position_ids: torch.Tensor):
+        return self.llm.model.rotary_emb(x, position_ids)
+
+    def _llm_prefix_cache(self, embeds: torch.Tensor, attn: torch.Tensor | None):
+        """LLM forward that always returns a KV cache (no grad, and bypassing gradient checkpointing,
+        which would drop the cache): used for the flow expert's detached prefix."""
+        was_training = self.llm.training
+        self.llm.train(False)
+        try:
+            with torch.no_grad():
+                return self.llm.model(inputs_embeds=embeds, attention_mask=attn, use_cache=True)
+        finally:
+            self.llm.train(was_training)
+
+    # -- training forward --------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: Mapping[str, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        action: torch.Tensor | None = None,
+        action_chunk: torch.Tensor | None = None,
+        action_chunk_pad: torch.Tensor | None = None,
+        aux: Mapping[str, torch.Tensor] | None = None,
+        aux_valid: Mapping[str, torch.Tensor] | None = None,
+        compute: Iterable[str] | None = None,
+        subtask: list[str] | None = None,
+    ) -> SGVLAOutput:
+        """Losses for one batch from `SGVLAProcessor.collate` (right-padded text).
+
+        `compute` selects the losses (see module doc); `subtask` is accepted and ignored (it rides
+        along in the batch for per-subtask logging).
+        """
+        names = self._resolve_compute(compute)
+        if "action" in names and labels is None:
+            raise SgvlaError("the action loss needs `labels` (use SGVLAProcessor.collate)")
+        if "flow" in names and action_chunk is None:
+            raise SgvlaError("the flow loss needs `action_chunk` in the batch (or leave 'flow' out of compute)")
+        images = self.encode_images(pixel_values)
+        embeds, attn, full_labels = self._assemble(input_ids, attention_mask, images, labels)
+        prefix_len, prefix_mask = self._prefix_extent(attn, full_labels)
+        aux_names = [n for n in self.config.aux_decoders if n in names]
+
+        hidden, cache = None, None
+        if "action" in names or aux_names:
+            ckpt = self.llm.is_activation_checkpointing and self.llm.training
+            out = self.llm.model(inputs_embeds=embeds, attention_mask=attn, use_cache="flow" in names and not ckpt)
+            hidden, cache = out.last_hidden_state, out.past_key_values
+        if "flow" in names and cache is None:
+            cache = self._llm_prefix_cache(embeds.detach(), attn).past_key_values
+
+        losses: dict[str, torch.Tensor] = {}
+        result = SGVLAOutput(losses=losses)
+        if "action" in names:
+            self._action_loss(hidden, full_labels, action, result)
+        if aux_names:
+            grids_live = self._camera_grids(hidden) if "mask" in aux_names else None
+            preds = {}
+            for name in aux_names:
+                detach = name in self.config.aux_detach
+                h = hidden.detach() if detach else hidden
+                grids = {k: g.detach() for k, g in grids_live.items()} if detach and grids_live else grids_live
+                preds[name] = self.aux.predict(name, h, prefix_mask, grids)
+                losses[name] = self.aux.loss(name, preds[name], aux, aux_valid)
+            result.aux_predictions = preds
+        if "flow" in names:
+            kv = [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
+            losses["flow"] = self.expert.loss(action_chunk, action_chunk_pad, kv, prefix_mask, prefix_len,
+                                              self._rotary)
+        result.loss = sum(self._weight(n) * v for n, v in losses.items())
+        return result
+
+    def _weight(self, name: str) -> float:
+        if name == "action":
+            return 1.0
+        if name == "flow":
+            return float(self.config.flow_weight)
+        return float(self.config.aux_weights.get(name, 1.0))
+
+    @staticmethod
+    def _prefix_extent(attn: torch.Tensor, full_labels: torch.Tensor | None):
+        """(prefix_len (B,), prefix_mask (B, T)): the tokens before the answer, without padding."""
+        n_valid = attn.sum(1)
+        if full_labels is None:
+            prefix_len = n_valid
+        else:
+            has = full_labels != IGNORE_INDEX
+            first = has.long().argmax(1)
+            prefix_len = torch.where(has.any(1), first, n_valid)
+        pos = torch.arange(attn.shape[1], device=attn.device)
+        return prefix_len, (pos.unsqueeze(0) < prefix_len.unsqueeze(1)) & attn.bool()
+
+    def _action_loss(self, hidden: torch.Tensor, full_labels: torch.Tensor, action: torch.Tensor | None,
+                     result: SGVLAOutput) -> None:
+        """Cross-entropy on the answer tokens; logits only where a label exists (saves a full-vocab
+        projection of every image token)."""
+        target = full_labels[:, 1:]
+        sel = target != IGNORE_INDEX
+        logits = self.llm.lm_head(hidden[:, :-1][sel]).float()
+        tgt = target[sel]
+        result.losses["action"] = F.cross_entropy(logits, tgt)
+        with torch.no_grad():
+            tok = self.action_tokenizer
+            is_act = tok.is_action(tgt)
+            pred = logits.argmax(-1)
+            result.token_accuracy = (pred[is_act] == tgt[is_act]).float().mean()
+            if action is not None:
+                b = full_labels.shape[0]
+                bins = (pred[is_act] - tok.begin).clamp(0, tok.n_bins - 1) + tok.begin
+                decoded = tok.decode(bins.cpu()).to(hidden.device).reshape(b, -1)
+                result.action_l1 = (decoded - action.to(decoded.device).float().reshape(b, -1)).abs().mean()
+
+    # -- inference ---------------------------------------------------------------------------
+    def _inference_inputs(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor):
+        images = self.encode_images(pixel_values)
+        embeds, _, _ = self._assemble(input_ids, None, images)
+        return embeds
+
+    def _best_action_token(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy choice among the action tokens only: (ids (B,), restricted logits (B, n_bins))."""
+        tok = self.action_tokenizer
+        logits = F.linear(h, self.llm.lm_head.weight[tok.begin:tok.end]).float()
+        return logits.argmax(-1) + tok.begin, logits
+
+    @torch.no_grad()
+    def decode_action_tokens(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
+                             use_cache: bool = True, return_logits: bool = False):
+        """Greedy decoding of `action_dim` action tokens for prompts of equal length (B, L).
+
+        With `use_cache` the prefix runs once and each new token costs one single-token step;
+        without, the whole sequence is re-run per token (reference for tests).
+        """
+        embeds = self._inference_inputs(pixel_values, input_ids)
+        embed = self.llm.get_input_embeddings()
+        ids, logits = [], []
+        if use_cache:
+            out = self.llm.model(inputs_embeds=embeds, use_cache=True)
+        for i in range(self.config.action_dim):
+            if not use_cache:
+                out = self.llm.model(inputs_embeds=embeds, use_cache=False)
+            nxt, lg = self._best_action_token(out.last_hidden_state[:, -1])
+            ids.append(nxt)
+            logits.append(lg)
+            if i + 1 == self.config.action_dim:
+                break
+            step = embed(nxt).unsqueeze(1)
+            if use_cache:
+                out = self.llm.model(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True)
+            else:
+                embeds = torch.cat([embeds, step], dim=1)
+        ids_t = torch.stack(ids, dim=1)
+        return (ids_t, torch.stack(logits, dim=1)) if return_logits else ids_t
+
+    @torch.no_grad()
+    def generate_action_tokens(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor):
+        """The same greedy, action-only decoding through `transformers`' `generate` (a reference)."""
+        embeds = self._inference_inputs(pixel_values, input_ids)
+        tok = self.action_tokenizer
+        attn = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=self.config.action_dim,
+                                 min_new_tokens=self.config.action_dim, do_sample=False,
+                                 logits_processor=[ActionTokensOnly(tok.begin, tok.end)],
+                                 pad_token_id=self.config.text_config.pad_token_id)[:, -self.config.action_dim:]
+
+    @torch.no_grad()
+    def sample_action_chunk(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
+                            noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                            steps: int | None = None) -> torch.Tensor:
+        """Flow-expert chunk (B, H, action_dim), normalised: one prefix pass, `flow_steps` Euler steps."""
+        if self.expert is None:
+            raise SgvlaError("this model has no flow expert (use_flow_expert=False): use mode='tokens'")
+        embeds = self._inference_inputs(pixel_values, input_ids)
+        cache = self.llm.model(inputs_embeds=embeds, use_cache=True).past_key_values
+        b, p = embeds.shape[:2]
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        mask = torch.ones(b, p, dtype=torch.bool, device=embeds.device)
+        plen = torch.full((b,), p, dtype=torch.long, device=embeds.device)
+        if noise is None:
+            noise = torch.randn(b, self.config.chunk_size, self.config.action_dim, generator=generator,
+                                device=embeds.device if generator is None else generator.device)
+        return self.expert.sample(kv, mask, plen, self._rotary, noise.to(embeds.device),
+                                  steps or self.config.flow_steps)
+
+    def resolve_mode(self, mode: str, subtask: str | None) -> str:
+        """'tokens'/'flow' as given; 'auto' looks the subtask up in config.subtask_modes (paper's
+        task-adaptive control) and falls back to tokens when the model has no expert."""
+        if mode in ACTION_MODES:
+            return mode
+        if mode != "auto":
+            raise SgvlaError(f"mode={mode!r}: use 'tokens', 'flow' or 'auto'")
+        if subtask is None:
+            raise SgvlaError("mode='auto' chooses per subtask: pass subtask= (e.g. 'pick') or a fixed mode")
+        if subtask not in self.config.subtask_modes:
+            raise SgvlaError(f"subtask {subtask!r} has no entry in config.subtask_modes "
+                             f"{self.config.subtask_modes}: add one or pass mode='tokens'/'flow'")
+        chosen = self.config.subtask_modes[subtask]
+        return "tokens" if chosen == "flow" and self.expert is None else chosen
+
+    @torch.no_grad()
+    def predict_action(self, observation: Mapping[str, Any], instruction: str, subtask: str | None = None,
+                       mode: str = "auto", generator: torch.Generator | None = None) -> ActionPrediction:
+        """Actions for one raw observation (see `SGVLAProcessor.observation_pixels` for its format)."""
+        stats = self.config.action_stats
+        if stats is None:
+            raise SgvlaError("the model has no action_stats, so actions cannot be un-normalised: set "
+                             "config.action_stats to the dataset's meta/stats.json 'action' entry")
+        chosen = self.resolve_mode(mode, subtask)
+        device = self.llm.lm_head.weight.device
+        pixels = {k: v.unsqueeze(0).to(device) for k, v in self.processor.observation_pixels(observation).items()}
+        ids = torch.tensor([self.processor.prompt_ids(instruction)], device=device)
+        if chosen == "tokens":
+            norm = self.action_tokenizer.decode(self.decode_action_tokens(pixels, ids).cpu())[0:1]
+            n_exec = 1
+        else:
+            norm = self.sample_action_chunk(pixels, ids, generator=generator)[0].cpu().clamp(-1.0, 1.0)
+            n_exec = self.config.execute_steps
+        chunk = unnormalize_action(norm.double(), stats["q01"], stats["q99"]).float().numpy()
+        return ActionPrediction(action=chunk[0], chunk=chunk, execute=chunk[:n_exec],
+                                normalized_chunk=norm.numpy(), mode=chosen)
+
+    # -- persistence -------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """config.json + model.safetensors + the tokenizer, written to a temporary folder and moved
+        into place, so an interrupted save never leaves a half-written checkpoint."""
+        target = Path(save_directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+        super().save_pretrained(str(tmp), **kwargs)
+        self.processor.save_pretrained(tmp)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+        """Load a saved SG-VLA folder (or Hub id); any weight that does not fit is an SgvlaError."""
+        from sgvla.model.loading import load_sgvla
+
+        return load_sgvla(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def _hf_from_pretrained(cls, *args, **kwargs):
+        return super().from_pretrained(*args, **kwargs)
+
+    @classmethod
+    def from_components(cls, dino: str, siglip: str, llm: str, tokenizer: str | None = None,
+                        dtype: torch.dtype | None = None, **config_overrides):
+        """Assemble pretrained DINOv2-reg, SigLIP and Qwen2 (local folders or Hub ids) into SG-VLA."""
+        from sgvla.model.loading import assemble_components
+
+        return assemble_components(cls, dino, siglip, llm, tokenizer, dtype, **config_overrides)

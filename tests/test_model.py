@@ -1,0 +1,440 @@
+"""SG-VLA model tests on the tiny preset (random weights, nothing downloaded).
+
+Inputs are shaped exactly like the training-data pipeline's samples (see the contract in
+sgvla/model/processing_sgvla.py): normalised pixels (V, 3, S, S), a 13-D normalised action, an
+(H, 13) chunk with a padding flag, and the auxiliary targets with validity flags.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from sgvla.errors import SgvlaError
+from sgvla.model import (
+    AUX_NAMES,
+    VIEW_NAMES,
+    ActionTokenizer,
+    SGVLAConfig,
+    SGVLAForActionPrediction,
+    build_byte_tokenizer,
+)
+from sgvla.model.transforms import normalize_for_towers
+
+STATS = {"mean": [0.0] * 13, "std": [1.0] * 13, "min": [-3.0] * 13, "max": [3.0] * 13,
+         "q01": [-2.0 + 0.1 * i for i in range(13)], "q99": [1.0 + 0.2 * i for i in range(13)]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded (and the CI machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**overrides) -> SGVLAForActionPrediction:
+    torch.manual_seed(0)
+    overrides.setdefault("action_stats", STATS)
+    return SGVLAForActionPrediction(SGVLAConfig.from_preset("tiny", **overrides))
+
+
+def make_sample(config: SGVLAConfig, seed: int, instruction: str = "Pick up the red bowl.") -> dict:
+    """One item as the data pipeline produces it."""
+    g = np.random.default_rng(seed)
+    s, h = config.image_size, config.chunk_size
+    pixels = normalize_for_towers(torch.from_numpy(g.random((config.n_images, 3, s, s), dtype=np.float32)))
+    quat = g.normal(size=4)
+    return {
+        "pixel_values": pixels,
+        "instruction": instruction,
+        "subtask": "pick",
+        "action": g.uniform(-1, 1, 13).astype(np.float32),
+        "action_chunk": g.uniform(-1, 1, (h, 13)).astype(np.float32),
+        "action_chunk_pad": np.arange(h) >= h - seed % 3,
+        "aux": {
+            "global_pos": g.normal(size=2).astype(np.float32),
+            "grasp": np.float32(seed % 2),
+            "obj_pose": np.concatenate([g.normal(size=3), quat / np.linalg.norm(quat)]).astype(np.float32),
+            "qpos": g.normal(size=12).astype(np.float32),
+            "head_mask": (g.random((128, 128)) > 0.8).astype(np.float32),
+            "hand_mask": (g.random((128, 128)) > 0.7).astype(np.float32),
+        },
+        "aux_valid": {k: True for k in ("global_pos", "grasp", "obj_pose", "qpos", "head_mask", "hand_mask")},
+    }
+
+
+def make_batch(model: SGVLAForActionPrediction, n: int = 2) -> dict:
+    instr = ["Pick up the red bowl.", "open the fridge", "place the apple on the table"]
+    return model.processor.collate([make_sample(model.config, i, instr[i % 3]) for i in range(n)])
+
+
+def observation(seed: int = 0) -> dict:
+    g = np.random.default_rng(seed)
+    return {
+        "head_rgb": g.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+        "hand_rgb": g.integers(0, 256, (96, 96, 3), dtype=np.uint8),
+        "head_depth": g.integers(0, 4000, (128, 128), dtype=np.uint16),
+        "hand_depth": g.integers(0, 4000, (128, 128, 1)).astype(np.int32),
+    }
+
+
+# -- configuration and sizes ------------------------------------------------------------------
+
+def test_full_size_parameter_counts_on_meta_device():
+    config = SGVLAConfig.from_preset("sgvla-1.3b")
+    with torch.device("meta"):
+        model = SGVLAForActionPrediction(config)
+    total = sum(p.numel() for p in model.parameters())
+    expert = sum(p.numel() for p in model.expert.parameters())
+    assert 1.2e9 <= total <= 1.4e9, total
+    assert 90e6 <= expert <= 110e6, expert
+    assert config.n_image_tokens == 4 * 256 and config.vision_dim == 1024 + 1152
+    assert model.projector.net[0].weight.shape == (4 * 2176, 2176)
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(SgvlaError, match="views"):
+        SGVLAConfig.from_preset("tiny", views=["head_rgb", "left_rgb"])
+    with pytest.raises(SgvlaError, match="views"):
+        SGVLAConfig.from_preset("tiny", views=[])
+    with pytest.raises(SgvlaError, match="history"):
+        SGVLAConfig.from_preset("tiny", history=-1)
+    with pytest.raises(SgvlaError, match="aux_decoders"):
+        SGVLAConfig.from_preset("tiny", aux_decoders=["depth"])
+    with pytest.raises(SgvlaError, match="subtask_modes"):
+        SGVLAConfig.from_preset("tiny", subtask_modes={"pick": "diffusion"})
+    with pytest.raises(SgvlaError, match="preset"):
+        SGVLAConfig.from_preset("huge")
+
+
+# -- shapes -------------------------------------------------------------------------------------
+
+VIEW_SETS = [list(c) for r in range(1, 5) for c in itertools.combinations(VIEW_NAMES, r)]
+
+
+@pytest.mark.parametrize("views", VIEW_SETS, ids=["+".join(v) for v in VIEW_SETS])
+def test_every_view_combination_runs(views):
+    history = 1 if len(views) == 2 else 0
+    model = tiny(views=views, history=history)
+    c = model.config
+    batch = make_batch(model, 2)
+    assert batch["pixel_values"]["dino"].shape == (2, (history + 1) * len(views), 3, 56, 56)
+    images = model.encode_images(batch["pixel_values"])
+    assert images.shape == (2, (history + 1) * len(views) * 16, c.text_config.hidden_size)
+    out = model(**batch)
+    assert set(out.losses) == {"action", *AUX_NAMES, "flow"}
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    cams = {v.split("_")[0] for v in views}
+    assert set(out.aux_predictions["mask"]) == cams
+    for cam in cams:
+        assert out.aux_predictions["mask"][cam].shape == (2, 128, 128)
+    assert out.aux_predictions["qpos"].shape == (2, 12)
+    assert out.aux_predictions["obj_pose"].shape == (2, 7)
+    torch.testing.assert_close(out.aux_predictions["obj_pose"][:, 3:].norm(dim=-1), torch.ones(2))
+    pred = model.eval().predict_action(observation(), "pick up the red bowl", subtask="pick")
+    assert pred.mode == "flow" and pred.chunk.shape == (8, 13) and pred.execute.shape == (2, 13)
+
+
+# -- action tokens and prompts ------------------------------------------------------------------
+
+def test_action_tokens_round_trip_within_half_a_bin():
+    tok = ActionTokenizer(begin=259, n_bins=256)
+    a = torch.cat([torch.linspace(-1, 1, 4001), torch.tensor([-1.0, 1.0, 0.0, 1 / 128, -1 / 128])])
+    ids = tok.encode(a)
+    assert int(ids.min()) >= 259 and int(ids.max()) <= 259 + 255
+    assert (tok.decode(ids) - a).abs().max() <= tok.width / 2 + 1e-6
+    assert tok.decode(tok.encode(torch.tensor([5.0, -7.0]))).tolist() == [1 - tok.width / 2, -1 + tok.width / 2]
+    with pytest.raises(SgvlaError):
+        tok.decode(torch.tensor([12]))
+
+
+def test_collate_puts_loss_only_on_action_and_end_tokens():
+    model = tiny(views=["head_rgb"])
+    proc = model.processor
+    samples = [make_sample(model.config, i, instr) for i, instr in enumerate(["open the fridge", "Pick up X."])]
+    batch = proc.collate(samples)
+    for i, s in enumerate(samples):
+        prompt = proc.prompt_ids(s["instruction"])
+        n = len(prompt) + 15
+        assert batch["input_ids"][i, : len(prompt)].tolist() == prompt
+        assert batch["attention_mask"][i].sum() == n
+        labels = batch["labels"][i]
+        assert (labels[: len(prompt)] == -100).all() and (labels[n:] == -100).all()
+        action_ids = labels[len(prompt): len(prompt) + 13]
+        assert torch.equal(action_ids, proc.action_tokenizer.encode(s["action"]))
+        assert proc.tokenizer.decode(labels[n - 2: n]) == "<|im_end|><|endoftext|>"
+        assert proc.tokenizer.convert_ids_to_tokens(int(action_ids[0])).startswith("<|extra_")
+    assert "What action should the robot take to pick up x?" in proc.prompt("Pick up X.")
+
+
+# -- training switches --------------------------------------------------------------------------
+
+def backbone_grads(model):
+    return [p.grad for m in (model.vision, model.projector, model.llm) for p in m.parameters() if p.requires_grad]
+
+
+def test_stage1_detach_blocks_aux_gradients_but_not_the_action_loss():
+    model = tiny(views=["head_rgb", "hand_depth"])
+    batch = make_batch(model, 2)
+    model.configure_stage(1)
+    aux = list(model.config.aux_decoders)
+    model(**batch, compute=aux).loss.backward()
+    assert all(g is None or not g.any() for g in backbone_grads(model))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.aux.heads["grasp"].parameters())
+    model.zero_grad()
+    model(**batch, compute=["action"]).loss.backward()
+    grads = backbone_grads(model)
+    assert model.llm.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    assert model.vision.dino.encoder.layer[0].mlp.fc1.weight.grad.abs().sum() > 0
+    assert sum(int(g is not None and g.any()) for g in grads) > len(grads) // 2
+    model.zero_grad()
+    model.configure_stage(2)
+    model(**batch, compute=aux).loss.backward()
+    assert model.llm.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+
+
+def test_stage3_trains_only_the_expert():
+    model = tiny(views=["head_rgb"])
+    model.configure_stage(3)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"expert"}
+    out = model(**make_batch(model, 2))
+    assert set(out.losses) == {"flow"}
+    out.loss.backward()
+    assert all(p.grad is None for p in model.llm.parameters())
+    assert all(p.grad is not None for p in model.expert.parameters())
+    with pytest.raises(SgvlaError, match="use_flow_expert"):
+        tiny(views=["head_rgb"], use_flow_expert=False).configure_stage(3)
+
+
+def test_invalid_aux_targets_have_zero_weight():
+    model = tiny(views=["head_rgb", "hand_rgb"])
+    batch = make_batch(model, 2)
+    names = list(model.config.aux_decoders)
+    base = model(**batch, compute=names).losses
+    for key in ("global_pos", "grasp", "obj_pose", "qpos", "head_mask", "hand_mask"):
+        name = "mask" if key.endswith("_mask") else key
+        b = {**batch, "aux": dict(batch["aux"]), "aux_valid": dict(batch["aux_valid"])}
+        b["aux_valid"][key] = torch.tensor([True, False])
+        ref = model(**b, compute=[name]).losses[name]
+        b["aux"][key] = batch["aux"][key].clone()
+        b["aux"][key][1] = float("nan")
+        assert torch.equal(model(**b, compute=[name]).losses[name], ref), key
+        b["aux"][key][1] = 1e6
+        assert torch.equal(model(**b, compute=[name]).losses[name], ref), key
+        assert not torch.equal(ref, base[name]), key
+        b["aux_valid"][key] = torch.tensor([False, False])
+        if name != "mask":
+            model.zero_grad()
+            loss = model(**b, compute=[name]).losses[name]
+            assert loss.item() == 0.0
+            loss.backward()
+            assert all(p.grad is None or not p.grad.any() for p in model.aux.heads[name].parameters())
+
+
+def test_padded_chunk_steps_do_not_count_in_the_flow_loss():
+    model = tiny(views=["head_rgb"], aux_decoders=[])
+    batch = make_batch(model, 2)
+    with torch.no_grad():
+        emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
+                                            model.encode_images(batch["pixel_values"]), batch["labels"])
+        plen, pmask = model._prefix_extent(attn, labels)
+        kv = [(layer.keys, layer.values) for layer in model._llm_prefix_cache(emb, attn).past_key_values.layers]
+        actions = batch["action_chunk"]
+        noise, t = torch.randn_like(actions), torch.tensor([0.3, 0.8])
+        pad = torch.zeros(2, 8, dtype=torch.bool)
+        pad[0, 5:] = True
+        pad[1, 2:] = True
+        x_t = t.view(-1, 1, 1) * noise + (1 - t.view(-1, 1, 1)) * actions
+        v = model.expert.velocity(x_t, t, kv, pmask, plen, model._rotary)
+        per_step = ((v - (noise - actions)) ** 2).mean(-1)
+        loss = model.expert.loss(actions, pad, kv, pmask, plen, model._rotary, noise=noise, t=t)
+    torch.testing.assert_close(loss, per_step[~pad].mean())
+    assert not torch.allclose(loss, per_step.mean())
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+def test_cached_decoding_equals_uncached_and_generate():
+    model = tiny(views=["head_rgb", "hand_depth"], history=1, text_config={"initializer_range": 0.2}).eval()
+    pixels = make_batch(model, 2)["pixel_values"]
+    ids = torch.tensor([model.processor.prompt_ids("pick up the bowl")] * 2)
+    cached, logits_c = model.decode_action_tokens(pixels, ids, return_logits=True)
+    plain, logits_p = model.decode_action_tokens(pixels, ids, use_cache=False, return_logits=True)
+    assert cached.shape == (2, 13) and len(set(cached[0].tolist())) > 3
+    assert torch.equal(cached, plain)
+    torch.testing.assert_close(logits_c, logits_p, atol=1e-4, rtol=1e-4)
+    assert torch.equal(cached, model.generate_action_tokens(pixels, ids))
+    assert model.action_tokenizer.is_action(cached).all()
+
+
+def test_predict_action_modes_and_unnormalisation():
+    model = tiny(views=["head_rgb", "hand_depth"], history=2).eval()
+    obs = observation(1)
+    obs["history"] = [observation(2)]  # shorter than history=2: padded with its oldest frame
+    tok = model.predict_action(obs, "open the fridge", subtask="open")
+    assert tok.mode == "tokens" and tok.chunk.shape == (1, 13) and tok.execute.shape == (1, 13)
+    q01, q99 = np.array(STATS["q01"]), np.array(STATS["q99"])
+    expect = 0.5 * (tok.normalized_chunk[0] + 1) * (q99 - q01) + q01
+    np.testing.assert_allclose(tok.action, expect, rtol=1e-5, atol=1e-5)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    flow1 = model.predict_action(obs, "pick up the bowl", subtask="pick", generator=g1)
+    flow2 = model.predict_action(obs, "pick up the bowl", mode="flow", generator=g2)
+    assert flow1.mode == "flow" and np.array_equal(flow1.chunk, flow2.chunk)
+    assert (flow1.chunk >= q01 - 1e-5).all() and (flow1.chunk <= q99 + 1e-5).all()
+    np.testing.assert_array_equal(flow1.execute, flow1.chunk[:2])
+    model.config.subtask_modes["pick"] = "tokens"
+    assert model.predict_action(obs, "pick up the bowl", subtask="pick").mode == "tokens"
+    with pytest.raises(SgvlaError, match="subtask"):
+        model.predict_action(obs, "pick up the bowl")
+    with pytest.raises(SgvlaError, match="lacks view"):
+        model.predict_action({"head_rgb": obs["head_rgb"]}, "pick up the bowl", mode="tokens")
+    no_expert = tiny(views=["head_rgb"], use_flow_expert=False).eval()
+    assert no_expert.predict_action(obs, "pick up the bowl", subtask="pick").mode == "tokens"
+    with pytest.raises(SgvlaError, match="flow expert"):
+        no_expert.predict_action(obs, "pick up the bowl", mode="flow")
+
+
+def test_history_frames_are_oldest_first():
+    model = tiny(views=["head_rgb"], history=2)
+    obs = observation(0)
+    old, older = observation(5), observation(6)
+    obs["history"] = [older, old]
+    px = model.processor.observation_pixels(obs)["siglip"]
+    for i, frame in enumerate([older, old, obs]):
+        one = tiny(views=["head_rgb"]).processor.observation_pixels(frame)["siglip"][0]
+        torch.testing.assert_close(px[i], one)
+
+
+# -- flow expert --------------------------------------------------------------------------------
+
+def test_flow_expert_learns_a_toy_target_and_sampling_reproduces_it():
+    model = tiny(views=["head_rgb"], aux_decoders=[])
+    steps = np.linspace(0, 1, 8)[:, None]
+    dims = np.arange(13)[None] / 13
+    targets = [0.8 * np.sin(2 * np.pi * (steps + dims)), 0.6 * np.cos(3 * steps + 5 * dims) - 0.2]
+    instr = ["pick up the red bowl", "open the fridge"]
+    samples = [{**make_sample(model.config, i, instr[i]), "action_chunk": targets[i].astype(np.float32)}
+               for i in range(2)]
+    batch = model.processor.collate(samples)
+    model.configure_stage(3)
+    with torch.no_grad():  # the frozen prefix is the same every step: compute it once
+        emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
+                                            model.encode_images(batch["pixel_values"]), batch["labels"])
+        plen, pmask = model._prefix_extent(attn, labels)
+        cache = model._llm_prefix_cache(emb, attn).past_key_values
+    rep = 8
+    kv = [(layer.keys.repeat(rep, 1, 1, 1), layer.values.repeat(rep, 1, 1, 1)) for layer in cache.layers]
+    chunk = batch["action_chunk"].repeat(rep, 1, 1)
+    opt = torch.optim.Adam(model.expert.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(400):
+        loss = model.expert.loss(chunk, None, kv, pmask.repeat(rep, 1), plen.repeat(rep), model._rotary)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:10])
+    model.eval()
+    for i in range(2):
+        ids = torch.tensor([model.processor.prompt_ids(instr[i])])
+        pixels = {k: v[i: i + 1] for k, v in batch["pixel_values"].items()}
+        x = model.sample_action_chunk(pixels, ids, generator=torch.Generator().manual_seed(1))[0].numpy()
+        err_own, err_other = np.abs(x - targets[i]).mean(), np.abs(x - targets[1 - i]).mean()
+        assert err_own < 0.25 and err_own < 0.5 * err_other, (err_own, err_other)
+
+
+# -- persistence and errors ---------------------------------------------------------------------
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    model = tiny(views=["head_rgb", "head_depth"])
+    batch = make_batch(model, 2)
+    model(**batch, compute=["mask"])  # move the BatchNorm running stats off their init
+    model.eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "ckpt")  # overwriting an existing checkpoint works
+    files = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    loaded = SGVLAForActionPrediction.from_pretrained(tmp_path / "ckpt").eval()
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.config.action_stats == STATS and loaded.config.views == ["head_rgb", "head_depth"]
+    assert loaded.llm.lm_head.weight.data_ptr() == loaded.llm.model.embed_tokens.weight.data_ptr()
+    torch.manual_seed(0)
+    out_a = model(**batch)
+    torch.manual_seed(0)
+    out_b = loaded(**batch)
+    assert all(torch.equal(out_a.losses[k], out_b.losses[k]) for k in out_a.losses)
+    obs = observation()
+    assert np.array_equal(model.predict_action(obs, "open the fridge", mode="tokens").action,
+                          loaded.predict_action(obs, "open the fridge", mode="tokens").action)
+
+
+def test_clear_errors_for_mismatched_views_and_checkpoints(tmp_path):
+    model = tiny(views=["head_rgb", "hand_rgb"])
+    other = tiny(views=["head_rgb"])
+    batch = other.processor.collate([make_sample(other.config, 0)])
+    with pytest.raises(SgvlaError, match="views"):
+        model(**batch)
+    with pytest.raises(SgvlaError, match="views"):
+        model.processor.collate([make_sample(other.config, 0)])
+    model.save_pretrained(tmp_path / "ckpt")
+    wider = SGVLAConfig.from_preset("tiny", views=["head_rgb", "hand_rgb"], text_config={"hidden_size": 32})
+    with pytest.raises(SgvlaError, match="does not fit|another shape"):
+        SGVLAForActionPrediction.from_pretrained(tmp_path / "ckpt", config=wider)
+    no_expert = SGVLAConfig.from_preset("tiny", views=["head_rgb", "hand_rgb"], use_flow_expert=False)
+    with pytest.raises(SgvlaError, match="another shape"):
+        SGVLAForActionPrediction.from_pretrained(tmp_path / "ckpt", config=no_expert)
+    with pytest.raises(SgvlaError, match="does not exist"):
+        SGVLAForActionPrediction.from_pretrained(tmp_path / "missing")
+    with pytest.raises(SgvlaError, match="labels"):
+        model(**{k: v for k, v in make_batch(model).items() if k != "labels"})
+    with pytest.raises(SgvlaError, match="compute"):
+        model(**make_batch(model), compute=["depth"])
+
+
+def test_from_components_uses_second_to_last_layer_features(tmp_path):
+    from transformers import (
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    torch.manual_seed(0)
+    # DINO made for 98 px (7x7 grid) is resampled to the model's 56 px once, at assembly.
+    dino = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=98,
+        num_register_tokens=4, layerscale_value=0.5))
+    sig = SiglipVisionModel(SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                               num_attention_heads=2, patch_size=14, image_size=56))
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    dino.save_pretrained(tmp_path / "dino")
+    sig.save_pretrained(tmp_path / "siglip")
+    llm.save_pretrained(tmp_path / "llm")
+    build_byte_tokenizer().save_pretrained(tmp_path / "llm")
+    model = SGVLAForActionPrediction.from_components(
+        dino=str(tmp_path / "dino"), siglip=str(tmp_path / "siglip"), llm=str(tmp_path / "llm"),
+        image_size=56, views=["head_rgb"])
+    assert model.config.action_token_begin == 259 and model.config.text_config.vocab_size >= 515
+    x = normalize_for_towers(torch.rand(2, 3, 56, 56))
+    with torch.no_grad():
+        fused = model.vision(x["dino"], x["siglip"])
+        want_d = dino(pixel_values=x["dino"], output_hidden_states=True).hidden_states[-2][:, 5:]
+        want_s = sig(pixel_values=x["siglip"], output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(fused, torch.cat([want_d, want_s], dim=-1))
+    assert torch.equal(model.llm.model.embed_tokens.weight[:320], llm.model.embed_tokens.weight)
+    with pytest.raises(SgvlaError, match="expected"):
+        SGVLAForActionPrediction.from_components(dino=str(tmp_path / "llm"), siglip=str(tmp_path / "siglip"),
+                                                 llm=str(tmp_path / "llm"), image_size=56)
+    with pytest.raises(SgvlaError, match="cannot load"):
+        SGVLAForActionPrediction.from_components(dino=str(tmp_path / "nothing"), siglip=str(tmp_path / "siglip"),
+                                                 llm=str(tmp_path / "llm"), image_size=56)
