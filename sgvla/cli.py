@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -69,10 +68,10 @@ def gen(
     subtask: str = typer.Option("all", help="pick, place, open, close or all."),
     episodes: int = typer.Option(0, help="Episodes to record per subtask (0 = every episode in --demos)."),
     out: Path = typer.Option(..., help="Dataset folder to write (resumed if it exists)."),
-    demos: Optional[Path] = typer.Option(None, help="Demo .h5 file or folder (default for mini_kitchen: made on the spot)."),
+    demos: Path | None = typer.Option(None, help="Demo .h5 file or folder (mini_kitchen default: made on the spot)."),
     split: str = typer.Option("train", help="train or val."),
     workers: int = typer.Option(0, help="Simulator workers (0 = one per CPU core / GPU)."),
-    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster ('auto' for the local one)."),
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster ('auto' for the local one)."),
     episodes_per_shard: int = typer.Option(8, help="Episodes per Parquet shard (one shard = one Ray task)."),
     overwrite: bool = typer.Option(False, help="Delete what --out holds and start over."),
 ) -> None:
@@ -112,9 +111,9 @@ def info(path: Path = typer.Argument(..., help="Dataset folder.")) -> None:
 def viz(
     path: Path = typer.Argument(..., help="Dataset folder."),
     episode: int = typer.Option(0, help="episode_index to draw."),
-    config: Optional[str] = typer.Option(None, help="Config (task) holding the episode; default: the first."),
+    config: str | None = typer.Option(None, help="Config (task) holding the episode; default: the first."),
     split: str = typer.Option("train"),
-    out: Optional[Path] = typer.Option(None, help="Output PNG (a GIF is written next to it)."),
+    out: Path | None = typer.Option(None, help="Output PNG (a GIF is written next to it)."),
 ) -> None:
     """Draw an episode: contact sheet PNG + animation GIF with masks, depth and state plots."""
     from sgvla.dataset.viz import visualize_episode
@@ -128,7 +127,7 @@ def push_dataset(
     path: Path = typer.Argument(..., help="Dataset folder."),
     repo_id: str = typer.Option(..., help="Hub dataset repo, USER/NAME."),
     private: bool = typer.Option(False),
-    revision: Optional[str] = typer.Option(None, help="Branch to push to."),
+    revision: str | None = typer.Option(None, help="Branch to push to."),
     dry_run: bool = typer.Option(False, help="Only list what would be uploaded."),
 ) -> None:
     """Validate a dataset folder, then upload it to the Hugging Face Hub (resumable)."""
@@ -144,7 +143,7 @@ def train(
     output: Path = typer.Option(..., help="Run folder (checkpoints, metrics, final model)."),
     workers: int = typer.Option(1, help="Ray Train workers."),
     gpus_per_worker: float = typer.Option(0, help="GPUs per worker (0 on CPU machines)."),
-    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster."),
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster."),
     resume: bool = typer.Option(False, help="Continue from the run folder's latest checkpoint."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. stage1.epochs=3."),
 ) -> None:
@@ -157,7 +156,7 @@ def train(
 
 @command("plot")
 def plot(run: Path = typer.Argument(..., help="Run folder of `sgvla train`."),
-         out: Optional[Path] = typer.Option(None)) -> None:
+         out: Path | None = typer.Option(None)) -> None:
     """Draw a run's loss curves to a PNG."""
     from sgvla.train.plot import plot_run
 
@@ -174,14 +173,15 @@ def eval_(
     mode: str = typer.Option("auto", help="tokens, flow or auto (per subtask)."),
     seed: int = typer.Option(0),
     workers: int = typer.Option(0, help="Ray workers (0 = one per CPU core)."),
-    ray_address: Optional[str] = typer.Option(None),
+    ray_address: str | None = typer.Option(None),
     video: bool = typer.Option(False, help="Save MP4s of head and hand views."),
+    max_steps: int | None = typer.Option(None, help="Shorter horizon than the env's (quick checks only)."),
 ) -> None:
     """Roll a policy out closed-loop and report success rates per subtask."""
     from sgvla.eval.runner import run_eval
 
     run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,
-             workers=workers, ray_address=ray_address, video=video)
+             workers=workers, ray_address=ray_address, video=video, max_steps=max_steps)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,51 @@
+"""Evaluation results: per-episode records, aggregates, and the paper-style table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sgvla.tasks import SUBTASKS
+
+_COLUMNS = {"pick": "Pick", "place": "Place", "open": "Open", "close": "Close"}
+
+
+def aggregate(episodes: list[dict]) -> dict:
+    """Success rate and mean steps per subtask, plus the average of the subtask rates (the paper's Avg.)."""
+    per: dict[str, dict] = {}
+    for sub in SUBTASKS:
+        eps = [e for e in episodes if e["subtask"] == sub]
+        if eps:
+            per[sub] = {
+                "episodes": len(eps),
+                "successes": sum(bool(e["success"]) for e in eps),
+                "success_rate": sum(bool(e["success"]) for e in eps) / len(eps),
+                "mean_steps": sum(e["steps"] for e in eps) / len(eps),
+            }
+    rates = [v["success_rate"] for v in per.values()]
+    return {"per_subtask": per, "average_success_rate": sum(rates) / len(rates) if rates else 0.0}
+
+
+def markdown_table(results: dict) -> str:
+    """A table laid out like the paper's: Pick / Place / Open / Close columns and the average."""
+    per = results["aggregate"]["per_subtask"]
+    head = "| Model | Task | " + " | ".join(_COLUMNS.values()) + " | Avg. |"
+    sep = "|---|---|" + "---|" * (len(_COLUMNS) + 1)
+    cells = [f"{per[s]['success_rate']:.2f}" if s in per else "-" for s in _COLUMNS]
+    avg = f"{results['aggregate']['average_success_rate']:.2f}"
+    row = f"| {results['model']} | {results['task']} | " + " | ".join(cells) + f" | {avg} |"
+    n = ", ".join(f"{s}: {per[s]['episodes']}" for s in per)
+    return "\n".join([head, sep, row, "", f"Success rates over episodes per subtask ({n}), mode `{results['mode']}`."])
+
+
+def write_results(out: Path, results: dict) -> tuple[Path, Path]:
+    """Atomically write results.json and results.md into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", markdown_table(results) + "\n")):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+        paths.append(out / name)
+    return paths[0], paths[1]

@@ -1,0 +1,130 @@
+"""`sgvla eval`: closed-loop success rates, episodes spread over Ray workers.
+
+Each worker owns one simulator per subtask and one copy of the policy, built once and reused for
+all its episodes (building a scene costs seconds). Episode i of a subtask resets with seed + i, and
+every source of randomness in the policy is seeded from that, so a rerun gives the same episodes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sgvla.errors import SgvlaError
+from sgvla.eval.policies import REFERENCE_POLICIES
+from sgvla.eval.report import aggregate, markdown_table, write_results
+from sgvla.tasks import BUILTIN_TASK, subtasks_for
+
+MODES = ("tokens", "flow", "auto")
+MSHAB_HORIZON = 200
+
+
+class EvalWorker:
+    """Owns simulators (one per subtask, lazily built) and a policy; runs episodes on request."""
+
+    def __init__(self, task: str, model: str, mode: str, out: str, video: bool, obs_mode: str,
+                 max_steps: int | None = None):
+        from sgvla.eval.policies import make_policy
+
+        self.task, self.out, self.video, self.obs_mode = task, Path(out), video, obs_mode
+        self.max_steps = max_steps
+        self.policy = make_policy(model, mode)
+        self.envs: dict = {}
+
+    def _env(self, subtask: str):
+        if subtask not in self.envs:
+            self.envs[subtask] = make_eval_env(self.task, subtask, self.obs_mode)
+        return self.envs[subtask]
+
+    def run(self, subtask: str, seed: int) -> dict:
+        from sgvla.eval.rollout import run_episode
+
+        env = self._env(subtask)
+        horizon = self.max_steps or env.spec.max_episode_steps or MSHAB_HORIZON
+        video = self.out / "videos" / f"{subtask}-seed{seed}.mp4" if self.video else None
+        return run_episode(env, self.policy, subtask, seed, horizon, video).to_dict()
+
+
+def make_eval_env(task: str, subtask: str, obs_mode: str):
+    """The built-in scene, or MS-HAB's {Subtask}SubtaskTrain-v0 (val split) when mshab is installed."""
+    if task == BUILTIN_TASK:
+        from sgvla.envs import make_env
+
+        return make_env(task, subtask, obs_mode=obs_mode)
+    from sgvla.eval.mshab_env import make_mshab_env
+
+    return make_mshab_env(task, subtask, obs_mode=obs_mode)
+
+
+def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str) -> tuple[str, ...]:
+    subs = subtasks_for(task, subtask)
+    if episodes <= 0:
+        raise SgvlaError(f"--episodes must be at least 1 (got {episodes})")
+    if mode not in MODES:
+        raise SgvlaError(f"unknown --mode {mode!r}: choose one of {', '.join(MODES)}")
+    if out.exists() and not out.is_dir():
+        raise SgvlaError(f"--out {out} is a file: give a folder for results.json, results.md and videos")
+    if model not in REFERENCE_POLICIES and not Path(model).exists():
+        raise SgvlaError(f"--model {model}: no such checkpoint or run folder (or use 'expert' / 'random')")
+    if task != BUILTIN_TASK:
+        from sgvla.eval.mshab_env import require_mshab
+
+        require_mshab(task, subs)
+    return subs
+
+
+def _obs_mode_for(model: str) -> tuple[str, list[str]]:
+    """Render only what the policy needs; a model's views are checked against it before any rollout."""
+    if model in REFERENCE_POLICIES:
+        return "rgb+depth+segmentation", []
+    from sgvla.eval.policies import load_policy_config
+
+    cfg = load_policy_config(model)
+    views = list(cfg.views)
+    return ("rgb+depth" if any(v.endswith("depth") for v in views) else "rgb"), views
+
+
+def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str = "auto", seed: int = 0,
+             workers: int = 0, ray_address: str | None = None, video: bool = False,
+             max_steps: int | None = None) -> dict:
+    """Evaluate `model` on `episodes` episodes of each subtask; write results.json/results.md into `out`.
+
+    `max_steps` shortens the env's horizon (quick checks only: success rates are then not comparable).
+    """
+    import ray
+
+    out = Path(out)
+    subs = _check_inputs(model, task, subtask, episodes, out, mode)
+    if max_steps is not None and max_steps <= 0:
+        raise SgvlaError(f"--max-steps must be at least 1 (got {max_steps})")
+    obs_mode, views = _obs_mode_for(model)
+    jobs = [(sub, seed + i) for sub in subs for i in range(episodes)]
+    n_workers = min(len(jobs), workers or os.cpu_count() or 1)
+
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(n_workers, 1), include_dashboard=False, log_to_driver=False)
+    actor_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(EvalWorker)
+    args = (task, model, mode, str(out.resolve()), video, obs_mode, max_steps)
+    actors = [actor_cls.remote(*args) for _ in range(n_workers)]
+    pool = ray.util.ActorPool(actors)
+    records = []
+    with tqdm(total=len(jobs), desc=f"eval {model} on {task}", unit="ep") as bar:
+        for rec in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
+            records.append(rec)
+            done = sum(r["success"] for r in records)
+            bar.set_postfix(success=f"{done}/{len(records)}")
+            bar.update(1)
+    for a in actors:
+        ray.kill(a)
+    records.sort(key=lambda r: (subs.index(r["subtask"]), r["seed"]))
+    results = {"model": model, "task": task, "mode": mode, "seed": seed, "views": views, "max_steps": max_steps,
+               "episodes": records, "aggregate": aggregate(records)}
+    json_path, md_path = write_results(out, results)
+    print(markdown_table(results))
+    print(f"\nresults: {json_path} and {md_path}" + (f"; videos in {out / 'videos'}" if video else ""))
+    return results
