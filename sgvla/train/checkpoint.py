@@ -1,0 +1,163 @@
+"""Training checkpoints: everything needed to continue a run exactly, written atomically.
+
+A checkpoint is a folder `RUN/checkpoints/step-NNNNNNNN/` holding
+
+* `model.safetensors`: the full (unsharded) model state;
+* `optimizer.pt`: the full Adam state, keyed by parameter name (the same file for DDP and FSDP);
+* `rng.pt`: every rank's torch / CUDA / numpy / python RNG states;
+* `trainer_state.json`: where in the schedule it was taken (stage, epoch, step in epoch, global
+  step), from which the sampler position follows, plus the run's compatibility fingerprint.
+
+It is assembled in a hidden temporary folder and renamed into place, so a folder with a final name
+is always complete; that is what lets a restarted run trust the newest one it finds even if Ray
+Train had not registered it yet when the previous run died.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+STATE_FILE = "trainer_state.json"
+CHECKPOINT_DIR = "checkpoints"
+_PREFIX = "step-"
+
+
+@dataclass
+class TrainerState:
+    """Position in the schedule after the last completed optimizer step."""
+
+    stage: int = 0           # index into the run's stage plan
+    stage_name: str = ""
+    epoch: int = 0           # epoch within the stage
+    step_in_epoch: int = 0   # optimizer steps completed in that epoch
+    stage_step: int = 0      # optimizer steps completed in the stage
+    global_step: int = 0     # optimizer steps completed in the run
+    samples: int = 0         # samples consumed in the run (all workers)
+    done: bool = False       # the whole schedule has finished
+    fingerprint: str = ""    # TrainConfig.compat_fingerprint() of the run that wrote it
+    world_size: int = 1
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def checkpoint_name(global_step: int) -> str:
+    return f"{_PREFIX}{global_step:08d}"
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses tensors sharing memory (tied embeddings): keep one, note the aliases."""
+    seen: dict[tuple, str] = {}
+    out, aliases = {}, {}
+    for name, t in state.items():
+        t = t.detach()
+        key = (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        out[name] = t.to("cpu").contiguous()
+    return out, aliases
+
+
+def save_model_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a state dict to safetensors, storing shared tensors once."""
+    tensors, aliases = _dedupe(state)
+    save_file(tensors, str(path), metadata={"aliases": json.dumps(aliases)})
+
+
+def load_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """Inverse of `save_model_state` (aliases come back as the same tensor)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    state = load_file(str(path))
+    for name, target in aliases.items():
+        state[name] = state[target]
+    return state
+
+
+def rng_state() -> dict:
+    """This process's RNG states (restored on resume)."""
+    out = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_checkpoint(root: Path, state: TrainerState, model_state: dict[str, torch.Tensor],
+                     optim_state: dict, rng_states: list[dict]) -> Path:
+    """Assemble a checkpoint folder under `root` atomically and return its final path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(state.global_step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_model_state(model_state, tmp / MODEL_FILE)
+        torch.save(optim_state, tmp / OPTIM_FILE)
+        torch.save(rng_states, tmp / RNG_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1) + "\n")
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def read_state(path: Path) -> TrainerState:
+    return TrainerState.from_json((Path(path) / STATE_FILE).read_text())
+
+
+def read_checkpoint(path: Path) -> tuple[TrainerState, dict[str, torch.Tensor], dict, list[dict]]:
+    """(trainer state, model state, optimizer state, per-rank RNG states) of a checkpoint folder."""
+    path = Path(path)
+    model_state = load_model_state(path / MODEL_FILE)
+    optim_state = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
+    rng_states = torch.load(path / RNG_FILE, map_location="cpu", weights_only=False)
+    return read_state(path), model_state, optim_state, rng_states
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders under `root`, oldest first (temporary folders are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)
+             and (p / STATE_FILE).is_file() and (p / MODEL_FILE).is_file()]
+    return sorted(found, key=lambda p: read_state(p).global_step)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None

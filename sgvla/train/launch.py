@@ -1,0 +1,132 @@
+"""`sgvla train`: check everything on the driver, then run the schedule on Ray Train.
+
+Layout of a run folder (`--output`):
+
+    config.yaml         the resolved configuration (all defaults filled in)
+    run.json            what the run is (fingerprint, dataset, workers), checked by --resume
+    checkpoints/        Ray Train's storage: step-NNNNNNNN/ checkpoints + its own snapshot file
+    metrics.jsonl       one record per optimizer step (see sgvla.train.metrics), tb/ TensorBoard
+    stages/stageK/      the model at the end of each stage (save_pretrained)
+    model/              the final model (save_pretrained, with tokenizer and action statistics)
+
+The workers read the dataset themselves; the driver only passes paths, the config and the
+statistics. Ray Train's `RunConfig(name="checkpoints", storage_path=RUN)` makes a re-run (the
+`--resume` path) and a restart after a worker failure (`FailureConfig`) see the same storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sgvla.errors import SgvlaError
+from sgvla.train import modelops
+from sgvla.train.checkpoint import CHECKPOINT_DIR
+from sgvla.train.config import batch_plan, load_config
+from sgvla.train.loop import FINAL_MODEL_DIR, worker_entry
+from sgvla.train.metrics import METRICS_FILE, read_metrics
+from sgvla.train.preflight import check_output, inspect_dataset, write_run_file
+from sgvla.train.stages import plan_stages
+
+
+def _ensure_ray(address: str | None, workers: int, cpus: float, gpus: float) -> bool:
+    """Start or join Ray; check the cluster can ever place the worker group. True if we started it."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                     configure_logging=True, logging_level="WARNING")
+        except ConnectionError as e:
+            raise SgvlaError(f"cannot join the Ray cluster at --ray-address {address} ({e}): start it with "
+                             "`ray start --head` or drop --ray-address to run locally") from None
+        started = True
+    res = ray.cluster_resources()
+    if gpus > 0 and res.get("GPU", 0) < workers * gpus:
+        _stop(started)
+        raise SgvlaError(f"--workers {workers} x --gpus-per-worker {gpus} needs {workers * gpus:g} GPUs but "
+                         f"the Ray cluster has {res.get('GPU', 0):g}: lower them (0 on CPU machines)")
+    if res.get("CPU", 0) < workers * cpus:
+        _stop(started)
+        raise SgvlaError(f"--workers {workers} x train.cpus_per_worker {cpus:g} needs {workers * cpus:g} "
+                         f"CPUs but the Ray cluster has {res.get('CPU', 0):g}: lower --workers or --set "
+                         "train.cpus_per_worker=0.5")
+    return started
+
+
+def _stop(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_per_worker: float = 0,
+              ray_address: str | None = None, resume: bool = False,
+              overrides: list[str] | tuple = ()) -> dict:
+    """Train a preset on a dataset into `output` (see the module doc); returns a short summary."""
+    cfg = load_config(Path(config), list(overrides))
+    if workers < 1:
+        raise SgvlaError(f"--workers {workers}: need at least 1")
+    if gpus_per_worker < 0:
+        raise SgvlaError(f"--gpus-per-worker {gpus_per_worker}: must be >= 0")
+    if cfg.train.strategy == "fsdp" and workers < 2:
+        raise SgvlaError("train.strategy=fsdp shards the model over workers: use --workers >= 2 or "
+                         "--set train.strategy=ddp")
+    accum = batch_plan(cfg, workers)
+    mc = modelops.model_config(cfg)
+    plan_stages(cfg, bool(mc.use_flow_expert), bool(mc.aux_decoders))
+    info = inspect_dataset(str(dataset), cfg, mc)
+    output = Path(output).expanduser().resolve()
+    prior = check_output(output, resume, cfg, info.source)
+    if prior is None:
+        write_run_file(output, cfg, info.source, workers)
+    elif prior.get("workers") != workers:
+        print(f"note: resuming with --workers {workers} (the run used {prior.get('workers')}): the data "
+              "order is kept, float results may differ slightly")
+
+    started = _ensure_ray(ray_address, workers, cfg.train.cpus_per_worker, gpus_per_worker)
+    try:
+        result = _fit(cfg, info, output, workers, gpus_per_worker)
+    finally:
+        _stop(started)
+    records = read_metrics(output)
+    summary = {"run": str(output), "model": str(output / FINAL_MODEL_DIR), "steps": result.get("global_step"),
+               "metrics": str(output / METRICS_FILE), "accumulation": accum,
+               "final_loss": records[-1]["loss"] if records else None}
+    print(f"trained {summary['steps']} steps; final model: {summary['model']}; metrics: {summary['metrics']} "
+          f"(draw them with `sgvla plot {output}`)")
+    return summary
+
+
+def _fit(cfg, info, output: Path, workers: int, gpus: float) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = gpus > 0
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if use_gpu else {})}
+    payload = {"config": cfg.to_dict(), "data": dataclasses.asdict(info), "run_dir": str(output)}
+    trainer = TorchTrainer(
+        worker_entry,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=CHECKPOINT_DIR, storage_path=str(output),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray wraps the worker's exception; its traceback is already printed above
+        first = str(e).strip().splitlines()
+        raise SgvlaError(f"training failed ({type(e).__name__}: {first[-1] if first else ''}); see the "
+                         f"worker traceback above, fix the cause and continue with --resume --output "
+                         f"{output}") from None
+    err = getattr(result, "error", None)
+    if err is not None:
+        raise SgvlaError(f"training failed ({err}); fix the cause and continue with --resume --output "
+                         f"{output}")
+    return dict(result.metrics or {})

@@ -1,0 +1,217 @@
+"""Everything the trainer does *to* the model and the data, in one place.
+
+The loop (`sgvla.train.loop`) only calls these functions, so the model's API (presets, stage
+switches, save/load) and the dataset's API meet the trainer here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from sgvla.errors import SgvlaError
+from sgvla.train.config import TrainConfig
+from sgvla.train.stages import Stage
+
+#: The entries of meta/stats.json's "action" that travel with the model.
+_ACTION_STAT_KEYS = ("mean", "std", "min", "max", "q01", "q99")
+
+
+def _action_stats(stats: dict | None) -> dict | None:
+    if not stats:
+        return None
+    return {k: list(stats["action"][k]) for k in _ACTION_STAT_KEYS if k in stats["action"]}
+
+
+def model_config(cfg: TrainConfig, stats: dict | None = None):
+    """The SGVLAConfig a run trains (no weights built): preset + overrides, or `init_from`'s config."""
+    from sgvla.model import SGVLAConfig
+
+    m = cfg.model
+    if m.init_from:
+        if not Path(m.init_from).is_dir():
+            raise SgvlaError(f"model.init_from={m.init_from!r} is not a folder: give one written by "
+                             "save_pretrained (e.g. RUN/model of an earlier run)")
+        mc = SGVLAConfig.from_pretrained(m.init_from)
+        for key in ("aux_weights", "subtask_modes"):
+            if getattr(m, key) is not None:
+                setattr(mc, key, {**getattr(mc, key), **getattr(m, key)})
+    else:
+        mc = SGVLAConfig.from_preset(m.preset, **m.preset_overrides())
+    if stats is not None:
+        mc.action_stats = _action_stats(stats)
+    return mc
+
+
+def build_model(cfg: TrainConfig, stats: dict):
+    """The model to train, on CPU, with the dataset's action statistics in its config."""
+    from sgvla.model import SGVLAForActionPrediction
+
+    m = cfg.model
+    if m.init_from:
+        model = SGVLAForActionPrediction.from_pretrained(m.init_from)
+        model.config.action_stats = _action_stats(stats)
+        for key in ("aux_weights", "subtask_modes"):
+            if getattr(m, key) is not None:
+                setattr(model.config, key, {**getattr(model.config, key), **getattr(m, key)})
+    elif m.extra.get("components"):
+        comps = dict(m.extra["components"])
+        overrides = {k: v for k, v in m.preset_overrides().items() if k != "components"}
+        model = SGVLAForActionPrediction.from_components(**comps, **overrides)
+        model.config.action_stats = _action_stats(stats)
+    else:
+        model = SGVLAForActionPrediction(model_config(cfg, stats))
+    _ = model.processor  # fixes config.action_token_begin before DataLoader workers fork
+    model.train()
+    return model
+
+
+def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Dataset, list[int]]:
+    """This worker's own map-style dataset (never shipped through the driver) and the row selection."""
+    import numpy as np
+
+    from sgvla.dataset.torch_dataset import SgvlaTorchDataset
+
+    ds = SgvlaTorchDataset(data["source"], configs=data["configs"], split=data["split"], views=mc.views,
+                           history=mc.history, image_size=mc.image_size, chunk_size=mc.chunk_size,
+                           stats=data["stats"], seed=cfg.train.seed, masks="mask" in mc.aux_decoders)
+    if cfg.data.subtasks is None:
+        return ds, list(range(len(ds)))
+    names = np.asarray(ds._subtask)  # per-row subtask names, read once at construction
+    return ds, np.flatnonzero(np.isin(names, cfg.data.subtasks)).tolist()
+
+
+def make_collate(model):
+    return model.processor.collate
+
+
+def has_flow_expert(model) -> bool:
+    return model.expert is not None
+
+
+def aux_names(model) -> list[str]:
+    return list(model.config.aux_decoders)
+
+
+def aux_weights(model) -> dict[str, float]:
+    return dict(model.config.aux_weights)
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def apply_stage(model, stage: Stage) -> None:
+    """Detach switches, `requires_grad` and train/eval modes for one stage (then re-wrap for DDP).
+
+    Stages 1-2 also freeze the flow expert (it has no loss there, and an unused trainable parameter
+    would stall DDP); stage 3 puts the frozen VLM in eval mode so that nothing but the expert's
+    weights can change (no BatchNorm statistics, no dropout).
+    """
+    m = _unwrap(model)
+    number = {"stage1": 1, "stage2": 2, "stage3": 3}[stage.name]
+    m.configure_stage(number)
+    m.train()
+    if number < 3 and m.expert is not None:
+        m.expert.requires_grad_(False)
+    if number == 3:
+        for sub in m.vlm_modules():
+            sub.eval()
+
+
+def forward_kwargs(stage: Stage) -> dict:
+    """Extra `model(**batch, ...)` arguments; the losses are selected by `configure_stage`."""
+    return {}
+
+
+def stage_weights(model, stage: Stage) -> dict[str, float]:
+    """Weight of each loss in the stage's objective (what `out.loss` sums)."""
+    m = _unwrap(model)
+    if stage.use_flow:
+        return {"flow": float(m.config.flow_weight)}
+    w = {"action": 1.0}
+    if stage.use_aux:
+        w.update({n: float(m.config.aux_weights.get(n, 1.0)) for n in m.config.aux_decoders})
+    return w
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing of the LLM's decoder layers (DDP- and FSDP-safe)."""
+    _unwrap(model).llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def wrap_ddp(model, env):
+    """DistributedDataParallel over the parameters that are trainable *now* (hence once per stage)."""
+    if not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    # `apply_stage` freezes every parameter the stage's losses do not reach (the expert in stages 1-2,
+    # the VLM in stage 3) and the model has no data-dependent branches, so every trainable parameter
+    # gets a gradient in every step and DDP need not search the graph for unused ones.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+
+
+def shard_fsdp(model, env) -> None:
+    """FSDP2: `fully_shard` every transformer block, then the root (parameters become DTensors)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if not dist.is_initialized():
+        raise SgvlaError("train.strategy=fsdp needs a distributed run: use --workers >= 2 or strategy=ddp")
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if env.device.type == "cuda" else MixedPrecisionPolicy()
+    m = _unwrap(model)
+    names = set(m._no_split_modules)
+    for module in list(m.modules()):
+        if type(module).__name__ in names:
+            fully_shard(module, mp_policy=mp)
+    fully_shard(m, mp_policy=mp)
+
+
+def full_states(model, optimizer, strategy: str) -> tuple[dict, dict | None]:
+    """Unsharded model (and optimizer) state on rank 0, keyed by name; every rank must call it."""
+    m = _unwrap(model)
+    if strategy != "fsdp":
+        return m.state_dict(), (optimizer.state_dict() if optimizer is not None else None)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(m, options=opts)
+    osd = get_optimizer_state_dict(m, optimizer, options=opts) if optimizer is not None else None
+    return msd, osd
+
+
+def load_model_state(model, state: dict) -> None:
+    """Load a checkpoint's full state into the (not yet sharded or wrapped) model, strictly."""
+    missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SgvlaError(f"the checkpoint does not fit the model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}): resume with the run's own config or use a new --output")
+
+
+def load_optimizer_state(model, optimizer, state: dict, strategy: str) -> None:
+    if strategy != "fsdp":
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(_unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def export_model(model, state: dict, path: Path) -> Path:
+    """`save_pretrained` (atomic, with tokenizer and action statistics) of a stage-neutral model."""
+    m = _unwrap(model)
+    detach = list(m.config.aux_detach)
+    m.set_aux_detach(False)
+    try:
+        m.save_pretrained(path, state_dict=state)
+    finally:
+        m.config.aux_detach = detach
+    return Path(path)

@@ -1,0 +1,222 @@
+"""Checks made on the driver before any Ray worker starts.
+
+Starting a Ray Train run costs ~10 s and a failure inside a worker surfaces as a long traceback;
+every problem a user can fix (a dataset without the columns the preset reads, too few samples for
+one optimizer step, an output folder holding another run, a resume that cannot continue the
+checkpoint) is found here and raised as one SgvlaError sentence instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sgvla.errors import SgvlaError
+from sgvla.tasks import SUBTASKS
+from sgvla.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_state
+from sgvla.train.config import TrainConfig
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+
+#: Dataset columns each auxiliary decoder is trained from.
+AUX_COLUMNS: dict[str, tuple[str, ...]] = {
+    "global_pos": ("base_pose",),
+    "grasp": ("is_grasped",),
+    "obj_pose": ("obj_pose",),
+    "qpos": ("qpos",),
+}
+ALWAYS_COLUMNS = ("action", "instruction", "subtask", "episode_index", "frame_index")
+
+
+def required_columns(model_config) -> list[str]:
+    """Columns a model with this SGVLAConfig reads: its views, the action and its decoders' targets."""
+    cols = list(ALWAYS_COLUMNS) + list(model_config.views)
+    for name in model_config.aux_decoders:
+        if name == "mask":
+            cols += [f"{cam}_mask" for cam in model_config.mask_cameras]
+        else:
+            cols += list(AUX_COLUMNS.get(name, ()))
+    return list(dict.fromkeys(cols))
+
+
+@dataclass
+class DatasetInfo:
+    """What the driver learned about the dataset (passed on to the workers)."""
+
+    source: str                       # absolute local folder, or a Hub repo id
+    local: bool
+    configs: list[str]
+    split: str
+    num_rows: int                     # rows of the selected configs/split/subtasks
+    stats: dict = field(repr=False, default_factory=dict)
+
+
+def _is_local(dataset: str) -> bool:
+    p = Path(dataset).expanduser()
+    return p.exists() or dataset.startswith((".", "/", "~")) or dataset.count("/") != 1
+
+
+def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetInfo:
+    import pyarrow.parquet as pq
+
+    from sgvla.dataset.layout import group_shards, require_dataset
+    from sgvla.dataset.stats import load_stats
+
+    grouped = group_shards(require_dataset(root))
+    split = cfg.data.split
+    have = sorted(c for c, splits in grouped.items() if split in splits)
+    configs = cfg.data.configs or have
+    missing = [c for c in configs if c not in have]
+    if missing:
+        raise SgvlaError(f"dataset {root} has no {split!r} split for config(s) {missing} (data.configs / "
+                         f"data.split): it has {have or 'none'}")
+    subtask_ids = None
+    if cfg.data.subtasks is not None:
+        bad = [s for s in cfg.data.subtasks if s not in SUBTASKS]
+        if bad:
+            raise SgvlaError(f"data.subtasks has unknown subtask(s) {bad}: choose from {', '.join(SUBTASKS)}")
+        subtask_ids = {SUBTASKS.index(s) for s in cfg.data.subtasks}
+    rows = 0
+    for config in configs:
+        for shard in grouped[config][split]:
+            pf = pq.ParquetFile(shard.path)
+            names = set(pf.schema_arrow.names)
+            lacking = [c for c in needed if c not in names]
+            if lacking:
+                raise SgvlaError(f"dataset shard {shard.path} has no column(s) {lacking} that this preset "
+                                 "needs (model views / aux_decoders): use a dataset recorded with them or "
+                                 "drop them with --set model.views=... / model.aux_decoders=...")
+            _check_not_null(pf, shard.path, needed)
+            if subtask_ids is None:
+                rows += pf.metadata.num_rows
+            else:
+                col = pf.read(columns=["subtask"]).column("subtask").to_pylist()
+                rows += sum(1 for s in col if s in subtask_ids)
+    stats = load_stats(root)
+    if "action" not in stats or "q01" not in stats["action"]:
+        raise SgvlaError(f"{root}/meta/stats.json has no action q01/q99: re-run `sgvla gen` on the folder "
+                         "to rewrite its statistics")
+    return DatasetInfo(str(root.resolve()), True, list(configs), split, rows, stats)
+
+
+def _check_not_null(pf, path: Path, needed: list[str]) -> None:
+    """The first row of each needed column holds a value (a dataset recorded without depth stores nulls)."""
+    if pf.metadata.num_rows == 0:
+        return
+    first = pf.read_row_group(0, columns=needed).slice(0, 1).to_pylist()[0]
+    empty = [c for c in needed if first[c] is None or (isinstance(first[c], dict) and first[c].get("bytes")
+                                                       is None and first[c].get("path") is None)]
+    if empty:
+        raise SgvlaError(f"dataset shard {path} stores no values for {empty} that this preset needs: use a "
+                         "dataset recorded with them or drop them from model.views / model.aux_decoders")
+
+
+def _inspect_hub(repo_id: str, cfg: TrainConfig, needed: list[str]) -> DatasetInfo:
+    try:
+        from datasets import get_dataset_config_names, load_dataset_builder
+        from huggingface_hub import hf_hub_download
+
+        have = get_dataset_config_names(repo_id)
+        configs = cfg.data.configs or have
+        rows = 0
+        for config in configs:
+            info = load_dataset_builder(repo_id, config).info
+            lacking = [c for c in needed if c not in (info.features or {})]
+            if lacking:
+                raise SgvlaError(f"dataset {repo_id} config {config!r} has no column(s) {lacking} that this "
+                                 "preset needs: use another dataset or change model.views / aux_decoders")
+            split = (info.splits or {}).get(cfg.data.split)
+            rows += split.num_examples if split else 0
+        stats = json.loads(Path(hf_hub_download(repo_id, "meta/stats.json", repo_type="dataset")).read_text())
+    except SgvlaError:
+        raise
+    except Exception as e:  # network, auth, missing repo: all the user's to fix
+        raise SgvlaError(f"cannot read dataset {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}): check the repo id, your login "
+                         "(HF_TOKEN) and the network, or pass a local folder") from None
+    return DatasetInfo(repo_id, False, list(configs), cfg.data.split, rows, stats)
+
+
+def inspect_dataset(dataset: str, cfg: TrainConfig, model_config) -> DatasetInfo:
+    """Check that `dataset` has what `cfg`'s model reads; return its selection and statistics."""
+    needed = required_columns(model_config)
+    if _is_local(dataset):
+        info = _inspect_local(Path(dataset).expanduser(), cfg, needed)
+    else:
+        info = _inspect_hub(dataset, cfg, needed)
+    if 0 < info.num_rows < cfg.train.global_batch_size:
+        raise SgvlaError(f"the selected data has {info.num_rows} samples, fewer than one optimizer step "
+                         f"(train.global_batch_size={cfg.train.global_batch_size}): lower it with --set "
+                         "train.global_batch_size=... or use more data")
+    if info.num_rows == 0:
+        raise SgvlaError(f"dataset {dataset} has no {cfg.data.split!r} rows for configs {info.configs} and "
+                         f"subtasks {cfg.data.subtasks or 'all'}: check data.configs / split / subtasks")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def check_output(output: Path, resume: bool, cfg: TrainConfig, dataset: str) -> dict | None:
+    """Refuse to mix runs in one folder; for --resume, check the run can continue. Returns run.json."""
+    output = Path(output)
+    run_file = output / RUN_FILE
+    prior = json.loads(run_file.read_text()) if run_file.is_file() else None
+    if prior is None:
+        if resume and not (output / CHECKPOINT_DIR).is_dir():
+            raise SgvlaError(f"--resume: {output} holds no run to continue (no {RUN_FILE}): drop --resume to "
+                             "start a new run there")
+        if output.exists() and any(p.name != ".gitkeep" for p in output.iterdir()) and not resume:
+            raise SgvlaError(f"--output {output} is not empty and holds no sgvla run: choose a new or "
+                             "empty folder")
+        return None
+    if not resume:
+        raise SgvlaError(f"--output {output} already holds a training run: pass --resume to continue it or "
+                         "choose another --output")
+    if prior.get("fingerprint") != cfg.compat_fingerprint():
+        changed = _diff(prior.get("compat", {}), _compat_view(cfg))
+        raise SgvlaError(f"--resume: the checkpoint in {output} was trained with a different "
+                         f"{', '.join(changed) or 'model/data/batch setup'}: use that run's config "
+                         f"({output / CONFIG_FILE}) or a new --output")
+    if prior.get("dataset") != dataset:
+        raise SgvlaError(f"--resume: {output} was trained on {prior.get('dataset')!r}, not {dataset!r}: pass "
+                         "the same --dataset or use a new --output")
+    latest = latest_checkpoint(output / CHECKPOINT_DIR)
+    if latest is not None and read_state(latest).fingerprint != cfg.compat_fingerprint():
+        raise SgvlaError(f"--resume: checkpoint {latest} belongs to another configuration: use a new "
+                         "--output")
+    return prior
+
+
+def _compat_view(cfg: TrainConfig) -> dict:
+    d = cfg.to_dict()
+    t = d["train"]
+    return {"model": d["model"], "data": {k: d["data"][k] for k in ("configs", "split", "subtasks")},
+            "train": {k: t[k] for k in ("global_batch_size", "micro_batch_size", "seed", "schedule",
+                                        "strategy")}}
+
+
+def write_run_file(output: Path, cfg: TrainConfig, dataset: str, workers: int) -> None:
+    """Record what the run is (so a later --resume can be checked) and its resolved config."""
+    from sgvla.dataset.atomic import write_json_atomic, write_text_atomic
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output / CONFIG_FILE, cfg.to_yaml())
+    write_json_atomic(output / RUN_FILE, {"fingerprint": cfg.compat_fingerprint(), "dataset": dataset,
+                                          "workers": workers, "compat": _compat_view(cfg)})
