@@ -194,3 +194,32 @@ def test_bad_views_and_missing_fields_are_clear_errors(root, tmp_path, cache):
     (rgb_only / STATS_PATH).unlink()
     with pytest.raises(SgvlaError, match="stats.json is missing"):
         SgvlaTorchDataset(rgb_only, "mini_kitchen", views=("head_rgb",), cache_dir=cache)
+
+
+@pytest.mark.parametrize("size", [224, 56])
+def test_fast_pixels_match_the_transforms_used_at_evaluation(root, rows, size):
+    from sgvla.dataset.torch_dataset import views_to_pixels, views_to_pixels_reference
+
+    views = ("head_rgb", "hand_depth", "hand_rgb", "head_depth")
+    frames = [{v: decode_png(rows[v][t]) for v in views} for t in (0, 1)]
+    fast = views_to_pixels(frames, views, size)
+    ref = views_to_pixels_reference(frames, views, size)
+    for tower in ("dino", "siglip"):
+        assert fast[tower].shape == ref[tower].shape == (8, 3, size, size)
+        assert torch.allclose(fast[tower], ref[tower], atol=2e-4), (fast[tower] - ref[tower]).abs().max()
+
+
+def test_unit16_format_gives_the_same_towers_on_the_consumer_side(root, cache):
+    from sgvla.dataset.torch_dataset import unit_to_towers
+
+    kw = dict(views=("head_rgb", "head_depth"), history=1, image_size=S, cache_dir=cache)
+    towers = SgvlaTorchDataset(root, "mini_kitchen", **kw)[6]["pixel_values"]
+    unit = SgvlaTorchDataset(root, "mini_kitchen", pixel_format="unit16", **kw)[6]["pixel_values"]["unit"]
+    assert unit.dtype == torch.float16 and unit.shape == (4, 3, 128, 128)
+    got = unit_to_towers(unit[None], S)
+    for tower in ("dino", "siglip"):
+        assert torch.allclose(got[tower][0], towers[tower], atol=5e-3)
+    # float16 Eq. 1 depth still resolves far finer than 8 bits
+    assert len(torch.unique(unit[1, 0])) > 256
+    with pytest.raises(SgvlaError, match="pixel_format"):
+        SgvlaTorchDataset(root, "mini_kitchen", pixel_format="jpeg", cache_dir=cache)

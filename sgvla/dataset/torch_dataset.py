@@ -20,6 +20,11 @@ One sample is the observation at step t of an episode plus its targets:
   target is being pushed shut, its pose is not what the policy must find); masks are invalid only
   when ``masks=False`` (not decoded) -- an empty mask is a correct label (target out of view).
 
+With ``pixel_format="unit16"`` the sample carries ``pixel_values = {"unit": float16 [V, 3, H, W]}``
+(unit images at the stored 128 px) instead, and the consumer applies `unit_to_towers` on its
+device: the towers are 12x more bytes than the unit images, and moving them from DataLoader
+workers is what bounds the throughput on CPU (see bench/dataset_io.py).
+
 The pipeline has no randomness, so a sample depends only on its index; shuffling belongs to the
 sampler (`make_dataloader`: seeded RandomSampler or DistributedSampler), which makes it
 deterministic given a seed with any number of DataLoader workers. Only the image columns the
@@ -49,6 +54,10 @@ VIEW_KIND = {"head_rgb": "rgb", "hand_rgb": "rgb", "head_depth": "depth", "hand_
 AUX_KEYS = ("global_pos", "grasp", "obj_pose", "qpos", "head_mask", "hand_mask")
 OBJ_POSE_SUBTASKS = ("pick", "place", "open")
 MASK_SIZE = 128
+#: "towers": the contract above. "unit16": pixel_values = {"unit": float16 [V, 3, H, W]} in [0, 1]
+#: at the dataset's resolution (depth already through Eq. 1); the consumer calls
+#: `unit_to_towers` on its device. 12x fewer bytes per sample through the DataLoader at 224 px.
+PIXEL_FORMATS = ("towers", "unit16")
 _VECTORS = ("action", "qpos", "base_pose", "obj_pose")
 _TABULAR = ("episode_index", "frame_index", "is_grasped", "task", "subtask", "instruction", *_VECTORS)
 
@@ -62,8 +71,11 @@ class PipelineSpec:
     image_size: int = 224
     chunk_size: int = 8
     masks: bool = True
+    pixel_format: str = "towers"
 
     def check(self) -> None:
+        if self.pixel_format not in PIXEL_FORMATS:
+            raise SgvlaError(f"pixel_format {self.pixel_format!r} unknown: choose one of {', '.join(PIXEL_FORMATS)}")
         bad = [v for v in self.views if v not in VIEW_KIND]
         if bad or not self.views or len(set(self.views)) != len(self.views):
             raise SgvlaError(f"views {list(self.views)} invalid: give distinct names from "
@@ -89,18 +101,105 @@ def decode_png(cell: dict | bytes) -> np.ndarray:
         return np.array(im)  # a writable copy: torch warns on read-only buffers
 
 
+def unit_planes(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> np.ndarray:
+    """Decoded views -> float32 planes [C, H, W] in [0, 1]: 3 per RGB view, 1 per depth view.
+
+    Depth uses Eq. 1 (as `transforms.depth_to_unit`) on the exact 16-bit millimetres; it is
+    replicated to 3 channels only after resizing, which saves resizing two copies.
+    """
+    planes = []
+    for frame in frames:
+        for v in views:
+            if VIEW_KIND[v] == "rgb":
+                planes.append(frame[v].transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255))
+            else:
+                planes.append((1.0 - np.tanh(frame[v].astype(np.float32) / np.float32(1000.0)))[None])
+    return np.concatenate(planes, axis=0)
+
+
+def _resize_planes(x: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize of float planes [C, H, W] to [C, size, size], clamped to [0, 1].
+
+    OpenCV's INTER_CUBIC uses the same kernel (a = -0.75), half-pixel alignment and edge
+    replication as torch's bicubic `transforms.resize`; outputs agree to ~1e-4 after
+    normalisation (tested). One plane per call because OpenCV's single-channel path is
+    vectorised (multi-channel float images of 3 or > 4 channels take a ~20x slower path).
+    """
+    import cv2
+
+    if x.shape[1:] == (size, size):
+        return x
+    out = np.empty((x.shape[0], size, size), np.float32)
+    for i in range(x.shape[0]):
+        cv2.resize(x[i], (size, size), dst=out[i], interpolation=cv2.INTER_CUBIC)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _tower_affine() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(scale, shift) per tower so that normalised = x * scale + shift, from `normalize_for_towers`."""
+    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    n0, n1 = normalize_for_towers(zero), normalize_for_towers(one)
+    return {k: ((n1[k] - n0[k])[0], n0[k][0]) for k in n0}
+
+
+_AFFINE = _tower_affine()
+
+
 def views_to_pixels(frames: list[dict[str, np.ndarray]], views: Sequence[str],
                     size: int) -> dict[str, torch.Tensor]:
-    """Decoded frames (oldest first) -> {"dino","siglip"} [len(frames)*len(views), 3, size, size]."""
+    """Decoded frames (oldest first) -> {"dino","siglip"} [len(frames)*len(views), 3, size, size].
+
+    Same result as `to_unit_image -> resize -> normalize_for_towers` of `sgvla.model.transforms`
+    (what evaluation runs), computed with OpenCV resizes and one affine pass per tower.
+    """
+    chw = torch.from_numpy(_resize_planes(unit_planes(frames, views), size))
+    n = len(frames) * len(views)
+    out = {k: torch.empty(n, 3, size, size) for k in _AFFINE}
+    c = 0
+    for k in range(n):
+        if VIEW_KIND[views[k % len(views)]] == "rgb":
+            src, c = chw[c:c + 3], c + 3
+        else:
+            src, c = chw[c:c + 1].expand(3, size, size), c + 1
+        for tower, (scale, shift) in _AFFINE.items():
+            torch.mul(src, scale, out=out[tower][k]).add_(shift)  # 4x faster than addcmul here
+    return out
+
+
+def views_to_unit16(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> torch.Tensor:
+    """Decoded frames -> float16 [V, 3, H, W] in [0, 1] at the stored resolution (no resize).
+
+    float16 keeps 11 significant bits: Eq. 1 depth stays ~8x finer than an 8-bit image.
+    """
+    planes = torch.from_numpy(unit_planes(frames, views))
+    out, c = [], 0
+    for k in range(len(frames) * len(views)):
+        if VIEW_KIND[views[k % len(views)]] == "rgb":
+            out.append(planes[c:c + 3])
+            c += 3
+        else:
+            out.append(planes[c:c + 1].expand(3, *planes.shape[1:]))
+            c += 1
+    return torch.stack(out).half()
+
+
+def unit_to_towers(unit: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """[..., 3, H, W] unit images (any device, e.g. a "unit16" batch on the GPU) -> the two towers.
+
+    Exactly `sgvla.model.transforms`' resize + normalize_for_towers, as evaluation runs them.
+    """
+    return normalize_for_towers(resize(unit.float(), size))
+
+
+def views_to_pixels_reference(frames: list[dict[str, np.ndarray]], views: Sequence[str],
+                              size: int) -> dict[str, torch.Tensor]:
+    """The plain `sgvla.model.transforms` path (slow): the definition `views_to_pixels` must match."""
     unit = []
     for frame in frames:
         for v in views:
-            arr = frame[v]
-            if VIEW_KIND[v] == "depth":
-                arr = arr.astype(np.int32)  # torch.uint16 supports few ops; values stay exact
+            arr = frame[v].astype(np.int32) if VIEW_KIND[v] == "depth" else frame[v]
             unit.append(to_unit_image(torch.from_numpy(np.ascontiguousarray(arr)), VIEW_KIND[v]))
-    x = resize(torch.stack(unit), size)
-    return {k: t.contiguous() for k, t in normalize_for_towers(x).items()}
+    return normalize_for_towers(resize(torch.stack(unit), size))
 
 
 def aux_validity(subtask: str, obj_pose: np.ndarray, values: dict[str, np.ndarray],
@@ -149,7 +248,8 @@ class SampleBuilder:
         aux = {k: torch.as_tensor(np.asarray(v, np.float32)) if valid[k] else torch.zeros(np.shape(v))
                for k, v in aux.items()}
         return {
-            "pixel_values": views_to_pixels(frames, spec.views, spec.image_size),
+            "pixel_values": (views_to_pixels(frames, spec.views, spec.image_size) if spec.pixel_format == "towers"
+                             else {"unit": views_to_unit16(frames, spec.views)}),
             "instruction": text["instruction"], "subtask": text["subtask"], "task": text["task"],
             "action": torch.from_numpy(actions[0].copy()),
             "action_chunk": torch.from_numpy(actions),
@@ -157,6 +257,35 @@ class SampleBuilder:
             "aux": aux,
             "aux_valid": {k: torch.tensor(v) for k, v in valid.items()},
         }
+
+
+_TUNED_PID: int | None = None
+
+
+def tune_worker_process() -> None:
+    """Per-worker-process settings: one OpenCV thread (as torch uses one per worker) and glibc heap reuse.
+
+    Each sample writes ~10 MB of fresh float32 (two normalised towers at 224 px): with glibc's
+    defaults every such buffer is a new mmap whose pages fault in on first touch, which measured
+    about half of the per-sample time. Raising the mmap / trim thresholds makes the worker reuse
+    its heap. Only applied inside worker processes, once per process; a no-op elsewhere.
+    """
+    import ctypes
+    import os
+
+    global _TUNED_PID
+    if _TUNED_PID == os.getpid():
+        return
+    _TUNED_PID = os.getpid()
+    import cv2
+
+    cv2.setNumThreads(1)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 # ---------------------------------------------------------------- sources
@@ -253,10 +382,10 @@ class SgvlaTorchDataset(Dataset):
                  views: Sequence[str] = DEFAULT_VIEWS, history: int = 0,
                  image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
                  seed: int = 0, masks: bool = True, revision: str | None = None,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, pixel_format: str = "towers"):
         from datasets import Image, concatenate_datasets
 
-        self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks)
+        self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks, pixel_format)
         self.spec.check()
         self.seed = seed
         self.stats = load_stats_for(source, stats, revision)
@@ -292,6 +421,8 @@ class SgvlaTorchDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
+        if torch.utils.data.get_worker_info() is not None:
+            tune_worker_process()
         text = {"instruction": str(self._instruction[i]), "subtask": str(self._subtask[i]),
                 "task": str(self._task[i])}
         return self.builder.build(self.vec, text, int(i), int(self.start[i]), int(self.end[i]), self._fetch)
@@ -334,8 +465,8 @@ class SgvlaStreamingDataset(IterableDataset):
                  views: Sequence[str] = DEFAULT_VIEWS, history: int = 0,
                  image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
                  seed: int = 0, masks: bool = True, shuffle_buffer: int = 256, rank: int = 0,
-                 world_size: int = 1, revision: str | None = None):
-        self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks)
+                 world_size: int = 1, revision: str | None = None, pixel_format: str = "towers"):
+        self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks, pixel_format)
         self.spec.check()
         self.source, self.split, self.revision = source, split, revision
         self.configs = resolve_configs(source, configs)
@@ -394,6 +525,8 @@ class SgvlaStreamingDataset(IterableDataset):
             yield self.builder.build(vec, text_t, t, 0, len(rows), fetch)
 
     def __iter__(self) -> Iterator[dict]:
+        if torch.utils.data.get_worker_info() is not None:
+            tune_worker_process()
         rng = np.random.default_rng([self.seed, self.epoch])
         buf: list[dict] = []
         for rows in self._episodes():
@@ -414,4 +547,5 @@ def num_views(spec: PipelineSpec) -> int:
 
 
 __all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader", "decode_png",
-           "views_to_pixels", "aux_validity", "num_views", "VIEW_ORDER", "AUX_KEYS", "OBJ_POSE_SUBTASKS"]
+           "views_to_pixels", "aux_validity", "num_views", "VIEW_ORDER", "AUX_KEYS", "OBJ_POSE_SUBTASKS",
+           "PIXEL_FORMATS", "unit_to_towers", "views_to_unit16", "tune_worker_process"]

@@ -1,0 +1,244 @@
+"""Dataset I/O benchmark: depth / mask encodings, and the training pipeline against plain decoding.
+
+Part 1 (encodings): bytes per transition (2 cameras) in Parquet, bytes in memory once loaded
+(what the map-style Arrow cache of `load_dataset` holds) and decode speed (read the column from
+Parquet + turn every cell into a numpy array), for depth and mask options on render-like frames
+(piecewise-planar depth without noise, as a simulator renders it; blob masks). The baseline of
+each group is the schema's current choice (16-bit PNG / 1-bit PNG, zlib level `schema.PNG_LEVEL`);
+other rows are ratios against it.
+
+Part 2 (pipeline): samples/s of `SgvlaTorchDataset` through a DataLoader with 2 workers, as a ratio
+to a DataLoader (same workers, batch, order) that only decodes the same image cells of the same
+rows (the limit). Target >= 0.7.
+
+    .venv/bin/python bench/dataset_io.py [--rows 240] [--images 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image as PILImage
+
+from sgvla.dataset.schema import IMAGE_SIZE, PNG_LEVEL, encode_depth, encode_mask
+from sgvla.dataset.synthetic import write_synthetic_dataset
+from sgvla.dataset.torch_dataset import SgvlaTorchDataset, decode_png, tune_worker_process
+
+# ---------------------------------------------------------------- render-like frames
+
+
+def depth_frame(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+    """uint16 mm: floor plane + back wall + a few boxes, exact (noise-free) like a rasteriser."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    horizon = rng.uniform(0.3, 0.5) * size
+    floor = 1500.0 * size / np.maximum(yy - horizon, 1.0) / 8 + 500
+    wall = np.full_like(floor, rng.uniform(2500, 4500)) + xx * rng.uniform(-3, 3)
+    d = np.where(yy > horizon, np.minimum(floor, wall), wall)
+    for _ in range(rng.integers(2, 5)):
+        x0, y0 = rng.integers(0, size - 20, 2)
+        w, h = rng.integers(10, 40, 2)
+        d[y0:y0 + h, x0:x0 + w] = np.minimum(d[y0:y0 + h, x0:x0 + w],
+                                             rng.uniform(400, 2000) + 2.0 * (xx[y0:y0 + h, x0:x0 + w] - x0))
+    return np.clip(d, 0, 65535).astype(np.uint16)
+
+
+def mask_frame(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(20, size - 20, 2)
+    r = rng.uniform(3, 15)
+    return (yy - cy) ** 2 / r**2 + (xx - cx) ** 2 / (0.6 * r) ** 2 < 1
+
+
+def _png(a: np.ndarray, level: int) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(a).save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- encodings
+
+
+def _measure(name: str, arrays: list[np.ndarray], to_cell, arrow_type: pa.DataType, from_column,
+             compression: str, tmp: Path) -> dict:
+    t0 = time.perf_counter()
+    cells = [to_cell(a) for a in arrays]
+    enc = (time.perf_counter() - t0) / len(arrays)
+    path = tmp / f"{name.replace(' ', '_').replace('/', '_')}.parquet"
+    pq.write_table(pa.table({"x": pa.array(cells, arrow_type)}), path, compression=compression)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        col = pq.read_table(path).column("x")
+        out = from_column(col)
+        best = min(best, time.perf_counter() - t0)
+    assert all(np.array_equal(np.asarray(o).astype(a.dtype), a) for o, a in zip(out, arrays, strict=True)), name
+    return {"name": name, "parquet": path.stat().st_size / len(arrays),
+            "memory": pq.read_table(path).nbytes / len(arrays), "decode_per_s": len(arrays) / best,
+            "encode_ms": enc * 1e3}
+
+
+def _img_type() -> pa.DataType:
+    return pa.struct({"bytes": pa.binary(), "path": pa.string()})
+
+
+def _decode_png_col(col):
+    return [decode_png(c) for c in col.to_pylist()]
+
+
+def encoding_rows(n: int, tmp: Path) -> tuple[list[dict], list[dict]]:
+    rng = np.random.default_rng(0)
+    depths = [depth_frame(rng) for _ in range(n)]
+    masks = [mask_frame(rng) for _ in range(n)]
+    s = IMAGE_SIZE
+    arr2d_u16 = pa.list_(pa.list_(pa.uint16(), s), s)
+    arr2d_bool = pa.list_(pa.list_(pa.bool_(), s), s)
+
+    def nested(col, dtype):
+        flat = col.combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+        return list(flat.astype(dtype).reshape(len(col), s, s))
+
+    depth = [
+        _measure(f"16-bit PNG, zlib {PNG_LEVEL} (schema)", depths, encode_depth, _img_type(), _decode_png_col,
+                 "none", tmp),
+        _measure("16-bit PNG, zlib 6", depths, lambda a: {"bytes": _png(a, 6), "path": None}, _img_type(),
+                 _decode_png_col, "none", tmp),
+        _measure("raw uint16 bytes, zstd", depths, lambda a: a.tobytes(), pa.binary(),
+                 lambda c: [np.frombuffer(b, np.uint16).reshape(s, s) for b in c.to_pylist()], "zstd", tmp),
+        _measure("Array2D uint16, zstd", depths, lambda a: a.tolist(), arr2d_u16,
+                 lambda c: nested(c, np.uint16), "zstd", tmp),
+    ]
+    mask = [
+        _measure(f"1-bit PNG, zlib {PNG_LEVEL} (schema)", masks, encode_mask, _img_type(), _decode_png_col,
+                 "none", tmp),
+        _measure("packbits bytes, zstd", masks, lambda a: np.packbits(a).tobytes(), pa.binary(),
+                 lambda c: [np.unpackbits(np.frombuffer(b, np.uint8))[: s * s].reshape(s, s).astype(bool)
+                            for b in c.to_pylist()], "zstd", tmp),
+        _measure("Array2D bool, zstd", masks, lambda a: a.tolist(), arr2d_bool, lambda c: nested(c, bool),
+                 "zstd", tmp),
+    ]
+    return depth, mask
+
+
+def print_encodings(title: str, rows: list[dict]) -> None:
+    base = rows[0]
+    print(f"\n{title} (per transition = 2 cameras; ratios vs the first row)")
+    print("| option | Parquet B/transition | in-memory B/transition | decode images/s | encode ms/image |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {2 * r['parquet']:,.0f} ({r['parquet'] / base['parquet']:.2f}x) "
+              f"| {2 * r['memory']:,.0f} ({r['memory'] / base['memory']:.1f}x) "
+              f"| {r['decode_per_s']:,.0f} ({r['decode_per_s'] / base['decode_per_s']:.2f}x) "
+              f"| {r['encode_ms']:.2f} |")
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+class DecodeOnly(torch.utils.data.Dataset):
+    """The limit: the same image cells of the same rows as the pipeline, decoded and nothing else."""
+
+    def __init__(self, ds: SgvlaTorchDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        if torch.utils.data.get_worker_info() is not None:
+            tune_worker_process()
+        hist, _, _ = self.ds.builder.rows_for(i, int(self.ds.start[i]), int(self.ds.end[i]))
+        need = sorted(set(hist) | {i})
+        cells = self.ds._fetch(self.ds.spec.image_fields(), need)
+        pos = {r: k for k, r in enumerate(need)}
+        out = {f"{v}_{j}": torch.from_numpy(decode_png(cells[v][pos[r]]).astype(np.int32)
+                                            if "depth" in v else decode_png(cells[v][pos[r]]))
+               for v in self.ds.spec.views for j, r in enumerate(hist)}
+        for m in ("head_mask", "hand_mask"):
+            out[m] = torch.from_numpy(decode_png(cells[m][pos[i]]))
+        return out
+
+
+def samples_per_s(dataset, workers: int, batch: int, repeats: int) -> float:
+    best = 0.0
+    for _ in range(repeats):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False,
+                                             persistent_workers=False)
+        it = iter(loader)
+        next(it)  # worker start-up is not throughput
+        t0 = time.perf_counter()
+        n = sum(len(next(iter(b.values()))) if isinstance(b, dict) else len(b) for b in _rest(it))
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def _rest(it):
+    for b in it:
+        yield b["pixel_values"] if "pixel_values" in b else b
+
+
+class TransportOnly(torch.utils.data.Dataset):
+    """Zero tensors shaped like the pipeline's pixel output: what the DataLoader alone can move."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], towers: int, dtype: torch.dtype):
+        self.n, self.shape, self.towers, self.dtype = n, shape, towers, dtype
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {f"t{k}": torch.zeros(self.shape, dtype=self.dtype) for k in range(self.towers)}
+
+
+def pipeline_rows(rows: int, tmp: Path, repeats: int) -> list[dict]:
+    lengths = [rows // 8] * 8
+    root = write_synthetic_dataset(tmp / "ds", "mini_kitchen", {"train": lengths}, episodes_per_shard=2)
+    out = []
+    views4 = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
+    for label, views, history, size, fmt in (
+            ("paper: 4 views, 224 px, towers", views4, 0, 224, "towers"),
+            ("paper: 4 views, unit16 (towers on device)", views4, 0, 224, "unit16"),
+            ("tiny: 4 views, 56 px, towers", views4, 0, 56, "towers"),
+            ("head RGB only, 224 px, towers", ("head_rgb",), 0, 224, "towers"),
+            ("4 views + 1 history frame, 224 px, towers", views4, 1, 224, "towers"),
+            ("4 views + 1 history frame, unit16", views4, 1, 224, "unit16")):
+        ds = SgvlaTorchDataset(root, "mini_kitchen", views=views, history=history, image_size=size,
+                               cache_dir=str(tmp / "cache"), pixel_format=fmt)
+        pipe = samples_per_s(ds, 2, 8, repeats)
+        base = samples_per_s(DecodeOnly(ds), 2, 8, repeats)
+        v = (history + 1) * len(views)
+        like = (TransportOnly(len(ds), (v, 3, size, size), 2, torch.float32) if fmt == "towers"
+                else TransportOnly(len(ds), (v, 3, IMAGE_SIZE, IMAGE_SIZE), 1, torch.float16))
+        ceiling = samples_per_s(like, 2, 8, repeats)
+        out.append({"name": label, "pipeline": pipe, "decode": base, "transport": ceiling})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=200, help="frames per encoding option")
+    ap.add_argument("--rows", type=int, default=240, help="transitions in the pipeline dataset")
+    ap.add_argument("--repeats", type=int, default=2, help="epochs per measurement (best is kept)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        depth, mask = encoding_rows(args.images, tmp)
+        print_encodings("Depth encodings", depth)
+        print_encodings("Mask encodings", mask)
+        print("\nPipeline with 2 DataLoader workers, batch 8 (ratio = pipeline / plain decoding; target >= 0.7)")
+        print("| setting | pipeline samples/s | decode-only samples/s | ratio | transport-only samples/s |")
+        print("|---|---:|---:|---:|---:|")
+        for r in pipeline_rows(args.rows, tmp, args.repeats):
+            print(f"| {r['name']} | {r['pipeline']:.0f} | {r['decode']:.0f} | {r['pipeline'] / r['decode']:.2f} "
+                  f"| {r['transport']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
