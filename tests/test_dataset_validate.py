@@ -170,3 +170,24 @@ def test_not_a_dataset_is_a_one_line_error(tmp_path):
     res = CliRunner().invoke(app, ["validate", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "does not exist" in res.output
 
+
+
+def test_a_shard_whose_episodes_were_all_dropped_is_valid_and_loads(ds, tmp_path):
+    from datasets import load_dataset
+
+    from sgvla.dataset.finalize import finalize_dataset
+    from sgvla.dataset.schema import FEATURES, STATS_FIELDS, VECTOR_FIELDS
+    from sgvla.dataset.stats import shard_stats, write_shard_stats
+
+    write_shard(shard(ds, 1), rows_to_table({k: [] for k in FEATURES}))
+    empty = {k: np.zeros((0, VECTOR_FIELDS[k]), np.float32) for k in STATS_FIELDS}
+    write_shard_stats(ds, CONFIG, "train", 1, shard_stats({**empty, "episode_index": np.zeros(0, int),
+                                                           "subtask": np.asarray([], str)}))
+    finalize_dataset(ds, "cmd", [])
+    assert validate_dataset(ds) == []
+    assert len(load_dataset(str(ds), CONFIG, split="train", cache_dir=str(tmp_path / "c"))) == 4 + 5 + 3
+
+
+def test_an_empty_row_group_is_reported(ds):
+    pq.write_table(pq.read_table(shard(ds, 1)).slice(0, 0), shard(ds, 1))
+    assert any("empty row group" in p for p in validate_dataset(ds))

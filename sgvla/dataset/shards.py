@@ -38,7 +38,10 @@ def write_shard(path: Path, table: pa.Table, row_group_size: int = 256) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_size, compression=_COMPRESSION)
+        if table.num_rows:
+            pq.write_table(table, tmp, row_group_size=row_group_size, compression=_COMPRESSION)
+        else:  # all episodes dropped: no row group at all (an empty one breaks `datasets` loading)
+            pq.ParquetWriter(tmp, table.schema, compression=_COMPRESSION).close()
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

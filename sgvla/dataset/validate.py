@@ -129,6 +129,10 @@ def _check_schema(shard: Shard) -> list[str]:
         if f.name in names and schema.field(f.name).type != f.type:
             problems.append(f"{shard.path}: column {f.name!r} has type {schema.field(f.name).type}, "
                             f"the schema says {f.type}")
+    meta_data = pq.ParquetFile(shard.path).metadata
+    if any(meta_data.row_group(i).num_rows == 0 for i in range(meta_data.num_row_groups)):
+        problems.append(f"{shard.path}: holds an empty row group, which `datasets` cannot load; rewrite it "
+                        "with sgvla.dataset.shards.write_shard")
     if not problems:
         meta = schema.metadata or {}
         if b"huggingface" not in meta:
@@ -161,6 +165,8 @@ def _check_values(shard: Shard, t: pa.Table) -> list[str]:
         if nulls:
             problems.append(f"{shard.path}: {nulls} null value(s) in {name!r}")
     ids = _np(t, "index")
+    if not len(ids):
+        return problems  # a shard whose episodes were all dropped is empty, and valid
     for name in FLOAT_FIELDS:
         x = _np(t, name)
         bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
@@ -176,7 +182,7 @@ def _check_episode_rows(shard: Shard, config: str, t: pa.Table) -> list[str]:
     if not np.array_equal(order, np.arange(len(ep))):
         problems.append(f"{shard.path}: rows are not sorted by (episode_index, frame_index)")
     tasks = set(_np(t, "task").tolist())
-    if tasks != {FEATURES["task"].str2int(config)} and config in TASKS:
+    if tasks - {FEATURES["task"].str2int(config)} and config in TASKS:
         names = sorted(FEATURES["task"].int2str(int(i)) for i in tasks)
         problems.append(f"{shard.path}: task column holds {names}, the config is {config!r}")
     ts = _np(t, "timestamp")
