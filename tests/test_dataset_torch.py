@@ -168,6 +168,12 @@ def test_streaming_yields_the_same_samples(root, cache):
         assert all(torch.equal(s["aux"][k], m["aux"][k]) for k in m["aux"])
     order = [key(s) for s in SgvlaStreamingDataset(root, "mini_kitchen", seed=0, **kw)]
     assert order == [key(s) for s in stream]  # same seed, same order
+    # DataLoader workers share the shards out: every sample exactly once
+    loader = torch.utils.data.DataLoader(SgvlaStreamingDataset(root, "mini_kitchen", **kw), batch_size=4,
+                                         num_workers=2)
+    got = [tuple(r.flatten().tolist()) for b in loader for r in b["action_chunk"]]
+    assert sorted(got) == sorted(want)
+    assert list(mapped.subtasks[:6]) == ["pick"] * 5 + ["place"]
 
 
 def test_bad_views_and_missing_fields_are_clear_errors(root, tmp_path, cache):

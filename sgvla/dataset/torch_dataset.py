@@ -415,6 +415,16 @@ class SgvlaTorchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.start)
 
+    @property
+    def subtasks(self) -> np.ndarray:
+        """Subtask name of every row (str array), e.g. to select rows for a sampler without decoding."""
+        return self._subtask
+
+    @property
+    def tasks(self) -> np.ndarray:
+        """Task (config) name of every row."""
+        return self._task
+
     def _fetch(self, fields: Sequence[str], rows: list[int]) -> dict[str, list]:
         return self._images[rows]
 
