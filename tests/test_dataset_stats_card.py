@@ -158,3 +158,18 @@ def test_statistics_of_an_unfinished_shard_are_ignored(two_task_ds, tmp_path):
     meta = root / "meta/shards/set_table"
     shutil.copy(meta / "train-00000.json", meta / "train-00007.json")
     assert merge_stats(root)["num_transitions"] == before["num_transitions"]
+
+
+def test_card_reports_the_run_summary_of_the_manifest(two_task_ds, tmp_path):
+    from sgvla.dataset.card import write_card
+
+    root = tmp_path / "ds"
+    shutil.copytree(two_task_ds, root)
+    manifest = {"kept": [{"reason": ""}] * 7, "failed": [],
+                "dropped": [{"reason": "demo not reproduced at step 12"}, {"reason": "demo not reproduced at step 3"},
+                            {"reason": "target never visible"}]}
+    (root / "meta/manifest.json").write_text(json.dumps(manifest))
+    text = write_card(root, "sgvla gen --task mini_kitchen --out ds", ["demos/pick.h5"]).read_text()
+    assert "kept: 7, dropped: 3, failed: 0" in text
+    assert "| demo not reproduced | 2 |" in text and "| target never visible | 1 |" in text
+    assert "sgvla gen --task mini_kitchen --out ds" in text and "`demos/pick.h5`" in text

@@ -8,6 +8,7 @@ stale card fail loudly instead of silently describing other data.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -94,6 +95,11 @@ def _generation_section(command_line: str, sources: list[str], manifest: dict | 
         if parts:
             text += "\nEpisodes of the run (`meta/manifest.json` lists every one with its reason): " \
                     + ", ".join(parts) + ".\n"
+        reasons = Counter(str(e.get("reason", "?")).split(" at step")[0]
+                          for k in ("dropped", "failed") for e in manifest.get(k) or [] if isinstance(e, dict))
+        if reasons:
+            text += "\n| not kept because | episodes |\n|---|---:|\n" + "".join(
+                f"| {r} | {n} |\n" for r, n in reasons.most_common())
     return text
 
 
