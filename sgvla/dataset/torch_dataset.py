@@ -5,9 +5,10 @@ One sample is the observation at step t of an episode plus its targets:
 * ``pixel_values``: {"dino", "siglip"} float32 [V, 3, S, S], V = (history + 1) * len(views),
   frame-major: all views of frame t-history, ..., all views of frame t, views in the order given
   (any of "head_rgb", "hand_rgb", "head_depth", "hand_depth"). History frames before the episode
-  start repeat its first frame. Images go through `sgvla.model.transforms` exactly as at
-  evaluation: to_unit_image (depth via Eq. 1 from the 16-bit millimetres, 3 channels, never
-  through 8-bit PIL) -> bicubic resize to S -> DINOv2 / SigLIP normalisation.
+  start repeat its first frame. The values are those of `sgvla.model.transforms` (what evaluation
+  runs): to_unit_image (depth via Eq. 1 from the 16-bit millimetres, 3 channels, never through
+  8-bit PIL) -> bicubic resize to S -> DINOv2 / SigLIP normalisation; computed with OpenCV for
+  speed and tested to agree within 2e-4.
 * ``instruction``, ``subtask``, ``task``: strings.
 * ``action``: float32[13], q01/q99-normalised to [-1, 1] with meta/stats.json;
   ``action_chunk``: float32[H, 13] = actions t..t+H-1, normalised, past the episode end repeating
@@ -16,9 +17,10 @@ One sample is the observation at step t of an episode plus its targets:
   "obj_pose": float32[7], "qpos": float32[12], "head_mask"/"hand_mask": float32[128, 128] 0/1}.
 * ``aux_valid``: the same keys -> bool. Rules (`aux_validity`): a target is invalid when any of
   its values is NaN/inf (then it is zeroed); ``obj_pose`` is also invalid when it is all zeros
-  (the generator's "no pose") and for the subtasks outside `OBJ_POSE_SUBTASKS` (``close``: the
-  target is being pushed shut, its pose is not what the policy must find); masks are invalid only
-  when ``masks=False`` (not decoded) -- an empty mask is a correct label (target out of view).
+  (the generator's "no pose") and for the subtasks outside `OBJ_POSE_SUBTASKS` (``close``; the
+  paper trains its pose decoder on pick/place data only -- select rows by subtask for that);
+  masks are invalid only when ``masks=False`` (not decoded): an empty mask is a correct label
+  (target out of view). global_pos, grasp and qpos are valid whenever finite.
 
 With ``pixel_format="unit16"`` the sample carries ``pixel_values = {"unit": float16 [V, 3, H, W]}``
 (unit images at the stored 128 px) instead, and the consumer applies `unit_to_towers` on its
