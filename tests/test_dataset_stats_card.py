@@ -15,7 +15,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 
 from sgvla.dataset.schema import FEATURES, STATS_FIELDS, shard_path
-from sgvla.dataset.stats import EXACT_ROWS, merge_field, merge_stats, shard_stats
+from sgvla.dataset.stats import EXACT_ROWS, merge_field, merge_stats, points_of, shard_stats
 from sgvla.dataset.synthetic import write_synthetic_dataset
 from sgvla.errors import SgvlaError
 
@@ -78,7 +78,7 @@ def test_large_shards_merge_to_close_quantiles_and_exact_moments():
                                                                    ("obj_pose", 7))}
         st = shard_stats({"action": x, **cols, "episode_index": np.arange(len(x)) // 50,
                           "subtask": np.zeros(len(x), int)})
-        assert len(st["fields"]["action"]["points"][0]) == min(len(x), EXACT_ROWS)
+        assert len(points_of(st["fields"]["action"], 13)) == min(len(x), EXACT_ROWS)
         parts.append(json.loads(json.dumps(st))["fields"]["action"])
     merged, exact = merge_field(parts, 13)
     allx = np.concatenate(shards).astype(np.float64)
