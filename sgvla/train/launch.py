@@ -101,7 +101,7 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
 
 
 def _fit(cfg, info, output: Path, workers: int, gpus: float) -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = gpus > 0
@@ -116,6 +116,7 @@ def _fit(cfg, info, output: Path, workers: int, gpus: float) -> dict:
             name=CHECKPOINT_DIR, storage_path=str(output),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            logging_config=LoggingConfig(log_level="WARNING"),  # keep the terminal for the progress bars
         ),
     )
     try:

@@ -290,13 +290,15 @@ class Worker:
                                  "samples": s.samples, "time": time.time()})
                 if bar is not None:
                     bar.update(last)
-                if s.step_in_epoch == per_epoch:
+                epoch_done = s.step_in_epoch == per_epoch
+                if epoch_done:  # a checkpoint taken now must resume at the next epoch's start
                     s.epoch, s.step_in_epoch = epoch + 1, 0
                 every = cfg.train.checkpoint_every
                 if every and s.global_step % every == 0 and s.stage_step < total:
                     self.save(last)
+                if epoch_done:
+                    break
             del it
-            s.step_in_epoch = 0 if s.epoch > epoch else s.step_in_epoch
         if bar is not None:
             bar.close()
         del wrapped  # drops the DDP reducer and its gradient hooks before the next stage re-wraps
@@ -324,7 +326,8 @@ def _quiet_worker_logs() -> None:
 
     from transformers.utils import logging as hf_logging
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # Ray Train logs every report at INFO through the root logger of the worker.
+    logging.getLogger().setLevel(logging.WARNING)
     hf_logging.disable_progress_bar()
 
 

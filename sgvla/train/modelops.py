@@ -202,7 +202,16 @@ def load_optimizer_state(model, optimizer, state: dict, strategy: str) -> None:
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(_unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
+    # strict=False: parameters no stage has trained yet (the expert before stage 3) have no Adam state.
+    opts = StateDictOptions(full_state_dict=True, strict=False)
+    m = _unwrap(model)
+    set_optimizer_state_dict(m, optimizer, state, options=opts)
+    # Loading first gives every parameter a zero state with step=1 (a dry optimizer step); drop it where
+    # the checkpoint had none, or the expert's first real step would use another bias correction.
+    saved = set(state.get("state", {}))
+    for name, p in m.named_parameters():
+        if name not in saved:
+            optimizer.state.pop(p, None)
 
 
 def export_model(model, state: dict, path: Path) -> Path:

@@ -1,0 +1,141 @@
+"""Stage semantics on the tiny model (one process, no Ray) and the driver's checks before Ray starts."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from sgvla.dataset.synthetic import write_synthetic_dataset
+from sgvla.errors import SgvlaError
+from sgvla.train import modelops
+from sgvla.train.config import config_from_dict
+from sgvla.train.launch import run_train
+from sgvla.train.loop import train_step
+from sgvla.train.preflight import inspect_dataset, write_run_file
+from sgvla.train.stages import plan_stages
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+BACKBONE = ("vision.", "projector.", "llm.")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("train_stages") / "data",
+                                   episodes={"train": [6, 6]}, episodes_per_shard=1)
+
+
+@pytest.fixture(scope="module")
+def setup(dataset):
+    """A tiny model, its batch of 4 samples and the run's stages."""
+    cfg = config_from_dict({"model": {"preset": "tiny"}, "optim": {"lr": 1e-3},
+                            "train": {"global_batch_size": 4, "micro_batch_size": 4},
+                            "stage1": {"epochs": 1}, "stage2": {"epochs": 1}, "stage3": {"epochs": 1}})
+    info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, modelops.model_config(cfg)))
+    torch.manual_seed(0)
+    model = modelops.build_model(cfg, info["stats"])
+    ds, idx = modelops.build_dataset(cfg, info, model.config)
+    batch = modelops.make_collate(model)([ds[i] for i in (0, 3, 7, 10)])
+    stages = {s.name: s for s in plan_stages(cfg, True, True)}
+    return cfg, model, batch, stages
+
+
+def _step(model, stage, batch, cfg, **forward):
+    m = copy.deepcopy(model)
+    modelops.apply_stage(m, stage)
+    before = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.Adam(m.parameters(), lr=cfg.optim.lr)
+    out = train_step(m, [batch], opt, modelops.stage_weights(m, stage), cfg, torch.device("cpu"), forward)
+    return before, m.state_dict(), out
+
+
+def _changed(before, after, prefixes) -> set[str]:
+    return {k for k in before if k.startswith(prefixes) and not torch.equal(before[k], after[k])}
+
+
+def test_stage1_backbone_update_equals_the_action_loss_update(setup):
+    cfg, model, batch, stages = setup
+    before, full, out = _step(model, stages["stage1"], batch, cfg)
+    _, action_only, _ = _step(model, stages["stage1"], batch, cfg, compute=("action",))
+    assert {"loss_action", "loss_grasp", "loss_mask", "loss_qpos"} <= set(out)
+    backbone = [k for k in before if k.startswith(BACKBONE)]
+    assert _changed(before, full, BACKBONE), "the action loss must still train the backbone"
+    assert all(torch.equal(full[k], action_only[k]) for k in backbone)
+    # the auxiliary losses did train their decoders
+    assert _changed(before, full, ("aux.",)) and not _changed(before, action_only, ("aux.",))
+    # ... and in stage 2 they reach the backbone (so the equality above is not vacuous)
+    _, joint, _ = _step(model, stages["stage2"], batch, cfg)
+    assert any(not torch.equal(joint[k], action_only[k]) for k in backbone)
+
+
+def test_stage3_changes_only_the_expert(setup):
+    cfg, model, batch, stages = setup
+    before, after, out = _step(model, stages["stage3"], batch, cfg)
+    assert set(out) >= {"loss", "loss_flow"} and "loss_action" not in out
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("expert.") for k in changed), sorted(changed)[:5]
+
+
+def test_stages_1_and_2_leave_the_expert_alone(setup):
+    cfg, model, batch, stages = setup
+    before, after, _ = _step(model, stages["stage2"], batch, cfg)
+    assert not _changed(before, after, ("expert.",))
+
+
+# --------------------------------------------------------------------------- driver-side checks
+
+
+def _ray_untouched():
+    import ray
+
+    assert not ray.is_initialized(), "the check must fail before Ray starts"
+
+
+def test_dataset_without_depth_is_refused_before_ray(dataset, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no_depth"
+    shutil.copytree(dataset, broken)
+    for shard in broken.glob("*/data/*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns(["hand_depth"]), shard)
+    with pytest.raises(SgvlaError, match="hand_depth"):
+        run_train(TINY, str(broken), tmp_path / "run")
+    _ray_untouched()
+    # a preset that does not read hand depth is fine with it
+    cfg = config_from_dict({"model": {"views": ["head_rgb", "head_depth"]},
+                            "train": {"global_batch_size": 4}})
+    assert inspect_dataset(str(broken), cfg, modelops.model_config(cfg)).num_rows == 12
+
+
+def test_output_holding_another_run_and_incompatible_resume(dataset, tmp_path):
+    from sgvla.train.config import load_config
+
+    out = tmp_path / "run"
+    cfg = load_config(TINY, ["train.global_batch_size=4", "train.micro_batch_size=4"])
+    write_run_file(out, cfg, str(dataset.resolve()), 1)
+    small = ["train.global_batch_size=4", "train.micro_batch_size=4"]
+    with pytest.raises(SgvlaError, match="already holds a training run.*--resume"):
+        run_train(TINY, str(dataset), out, overrides=small)
+    with pytest.raises(SgvlaError, match="model.aux_decoders"):
+        run_train(TINY, str(dataset), out, resume=True, overrides=small + ["model.aux_decoders=[grasp]"])
+    with pytest.raises(SgvlaError, match="holds no run to continue"):
+        run_train(TINY, str(dataset), tmp_path / "fresh", resume=True, overrides=small)
+    _ray_untouched()
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["train.sed=1"], "did you mean 'seed'"),
+    (["train.global_batch_size=64"], "fewer than one optimizer step"),
+    (["train.global_batch_size=12", "train.micro_batch_size=8"], "not a multiple"),
+    (["data.configs=[tidy_house]"], "tidy_house"),
+    (["stage3.epochs=1", "model.use_flow_expert=false"], "use_flow_expert"),
+])
+def test_bad_input_is_one_clear_error_before_ray(dataset, tmp_path, overrides, words):
+    with pytest.raises(SgvlaError, match=words):
+        run_train(TINY, str(dataset), tmp_path / "run", workers=1, overrides=overrides)
+    _ray_untouched()
