@@ -269,6 +269,7 @@ def test_missing_mshab_asset_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MS_ASSET_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(SgvlaError, match=r"asset dir .*nowhere/data does not exist.*download_asset"):
         _gen(tmp_path, task="tidy_house", demos=tmp_path)
+    assert not (tmp_path / "ds").exists()
 
 
 def test_incomplete_mshab_assets_then_missing_package(tmp_path, monkeypatch):
@@ -293,3 +294,4 @@ def test_builtin_task_rejects_foreign_demos(tmp_path):
     write_mshab_file(tmp_path / "demos" / "pick.h5")
     with pytest.raises(SgvlaError, match="not the mini_kitchen scene"):
         _gen(tmp_path, subtask="pick", demos=tmp_path / "demos")
+    assert not (tmp_path / "ds").exists()

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from sgvla.datagen.plan import (
 )
 from sgvla.datagen.sources import DemoFile, find_demo_files
 from sgvla.dataset.atomic import write_json_atomic
-from sgvla.dataset.layout import MANIFEST_PATH, PLAN_PATH, read_json
+from sgvla.dataset.layout import MANIFEST_PATH, PLAN_PATH, find_shards, read_json
 from sgvla.dataset.schema import SPLITS
 from sgvla.errors import SgvlaError
 from sgvla.tasks import BUILTIN_TASK, subtasks_for
@@ -86,33 +87,53 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int) -> Path:
-    """Expert demos for the built-in scene, generated once into `<out>/.demos` and reused."""
+def _generate_one(subtask: str, n: int, root: Path) -> None:
+    """Record one subtask's demos under a temporary name, then move them into `root`."""
     from sgvla.envs.demos import generate_demos
 
+    tmp = root / f".tmp-{subtask}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    generate_demos(task=BUILTIN_TASK, subtask=subtask, episodes=n, out=tmp, seed=DEMO_SEED, progress=False)
+    for ext in (".json", ".h5"):
+        os.replace(tmp / f"{subtask}{ext}", root / f"{subtask}{ext}")
+    write_json_atomic(root / f".{subtask}.done.json", {"episodes": n, "seed": DEMO_SEED})
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session: _RaySession) -> Path:
+    """Expert demos for the built-in scene, generated once into `<out>/.demos` and reused; several
+    subtasks are recorded in parallel as Ray tasks."""
     n = episodes or DEFAULT_BUILTIN_EPISODES
     root = out / DEMOS_DIR
+    root.mkdir(parents=True, exist_ok=True)
     want = {"episodes": n, "seed": DEMO_SEED}
-    for s in subtasks:
-        marker = root / f".{s}.done.json"
-        if read_json(marker) == want and (root / f"{s}.h5").is_file():
-            continue
-        tmp = root / f".tmp-{s}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"generating {n} expert demos for {BUILTIN_TASK}/{s} into {root}", file=sys.stderr)
-        generate_demos(task=BUILTIN_TASK, subtask=s, episodes=n, out=tmp, seed=DEMO_SEED)
-        for ext in (".json", ".h5"):
-            os.replace(tmp / f"{s}{ext}", root / f"{s}{ext}")
-        write_json_atomic(marker, want)
-        shutil.rmtree(tmp, ignore_errors=True)
+    todo = [s for s in subtasks
+            if read_json(root / f".{s}.done.json") != want or not (root / f"{s}.h5").is_file()]
+    if not todo:
+        return root
+    print(f"generating {n} expert demos per subtask ({', '.join(todo)}) into {root}", file=sys.stderr)
+    if len(todo) == 1:
+        _generate_one(todo[0], n, root)
+        return root
+    import ray
+    from ray.exceptions import RayTaskError
+
+    session.ensure()
+    task = ray.remote(num_cpus=1, max_retries=1)(_generate_one)
+    try:
+        ray.get([task.remote(s, n, root) for s in todo])
+    except RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        raise (cause if isinstance(cause, SgvlaError) else e) from None
     return root
 
 
 def _find_files(task: str, subtasks: tuple[str, ...], demos: Path | None, episodes: int,
-                out: Path) -> dict[str, list[DemoFile]]:
+                out: Path, session: _RaySession) -> dict[str, list[DemoFile]]:
     if task == BUILTIN_TASK:
-        files = find_demo_files(demos if demos is not None else _builtin_demos(out, subtasks, episodes),
-                                subtasks)
+        if demos is None:
+            demos = _builtin_demos(out, subtasks, episodes, session)
+        files = find_demo_files(demos, subtasks)
         for f in (f for fs in files.values() for f in fs):
             if not f.env_id.startswith("MiniKitchen"):
                 raise SgvlaError(f"{f.path} was recorded in env {f.env_id}, not the {BUILTIN_TASK} scene "
@@ -125,17 +146,34 @@ def _find_files(task: str, subtasks: tuple[str, ...], demos: Path | None, episod
     return files
 
 
-def _start_ray(ray_address: str | None, workers: int) -> bool:
-    """Join or start Ray; True when this call started it (and must shut it down)."""
-    import ray
+class _RaySession:
+    """Ray for this run, started (or joined) on first need; shut down at the end if we started it."""
 
-    if ray.is_initialized():
-        return False
-    if ray_address:
-        ray.init(address=ray_address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    return True
+    def __init__(self, address: str | None, workers: int):
+        self.address, self.workers = address, workers
+        self.active = self.started = False
+
+    def ensure(self) -> None:
+        import ray
+
+        if self.active:
+            return
+        self.active = True
+        if ray.is_initialized():
+            return
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(self.workers, os.cpu_count() or 1), include_dashboard=False,
+                     log_to_driver=False)
+        self.started = True
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
 
 
 def _pool_shape(workers: int, n_todo: int, episodes_per_shard: int) -> dict:
@@ -177,7 +215,6 @@ class _Progress:
         self.done_eps += len(shard.episodes)
         for o in outcomes or [{"status": "failed"}] * len(shard.episodes):
             self.counts[o["status"]] += 1
-        self.show()
 
     def close(self) -> None:
         self.bar.close()
@@ -191,65 +228,143 @@ def _next_shard(queue: list[ShardPlan], last_source: str | None) -> ShardPlan:
     return queue.pop(0)
 
 
+class _Pool:
+    """Hands shards to actors, retries crashed ones (bounded), feeds the progress bar.
+
+    After a worker process dies, Ray restarts its actor; until the restarted actor answers a
+    ping it gets no work (calls made while it restarts fail without running and must not use up
+    a shard's attempts).
+    """
+
+    #: seconds between pings of an actor that Ray reports as still restarting
+    PING_EVERY_S = 1.0
+
+    def __init__(self, actors: list, board, todo: list[ShardPlan]):
+        self.actors, self.board = actors, board
+        self.queue, self.idle = list(todo), list(range(len(actors)))
+        self.cooling: dict[int, float] = {}
+        self.pings: dict = {}
+        self.dead: set[int] = set()
+        self.last: dict[int, str | None] = defaultdict(lambda: None)
+        self.attempts: Counter = Counter()
+        self.inflight: dict = {}
+        self.failed: dict[int, str] = {}
+        self.progress = _Progress(todo)
+
+    def _ping(self, a: int) -> None:
+        self.pings[self.actors[a].pid.remote()] = a
+
+    def _submit(self) -> None:
+        now = time.time()
+        for a, until in list(self.cooling.items()):
+            if until <= now:
+                del self.cooling[a]
+                self._ping(a)
+        while self.idle and self.queue:
+            a = self.idle.pop(0)
+            shard = _next_shard(self.queue, self.last[a])
+            self.attempts[shard.shard_index] += 1
+            ref = self.actors[a].run_shard.remote(shard.to_json(), shard.config, shard.split, shard.num_shards,
+                                                  self.attempts[shard.shard_index])
+            self.inflight[ref] = (a, shard)
+
+    def _fail(self, shard: ShardPlan, why: str) -> None:
+        self.failed[shard.shard_index] = why
+        tqdm.write(f"shard {shard.relpath} failed: {why}")
+        self.progress.shard_finished(shard, None)
+
+    def _pong(self, ref) -> None:
+        import ray
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        a = self.pings.pop(ref)
+        try:
+            ray.get(ref)
+            self.idle.append(a)
+        except ActorUnavailableError:
+            self.cooling[a] = time.time() + self.PING_EVERY_S
+        except RayActorError:  # out of restarts
+            self.dead.add(a)
+
+    def _collect(self, ref) -> None:
+        import ray
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+        a, shard = self.inflight.pop(ref)
+        i = shard.shard_index
+        try:
+            res = ray.get(ref)
+        except (RayActorError, ActorUnavailableError) as e:  # the worker process died
+            self.last[a] = None
+            self._ping(a)
+            if self.attempts[i] < MAX_SHARD_ATTEMPTS:
+                tqdm.write(f"worker died on shard {shard.relpath} (attempt {self.attempts[i]}/"
+                           f"{MAX_SHARD_ATTEMPTS}); retrying")
+                self.queue.insert(0, shard)
+            else:
+                self._fail(shard, f"worker died {MAX_SHARD_ATTEMPTS} times: {_first_line(e)}")
+            return
+        except RayTaskError as e:  # an error in the replay itself: it would fail again
+            self.idle.append(a)
+            self._fail(shard, _first_line(getattr(e, "cause", None) or e))
+            return
+        self.idle.append(a)
+        self.last[a] = shard.source
+        self.progress.shard_finished(shard, res["outcomes"])
+
+    def _show(self) -> None:
+        import ray
+
+        snap = ray.get(self.board.snapshot.remote())
+        live = {s.shard_index: self.attempts[s.shard_index] for _, s in self.inflight.values()}
+        mine = [v for k, v in snap.items() if live.get(k) == v[0]]
+        self.progress.show(sum(v[1] for v in mine), sum(v[2] for v in mine))
+
+    def run(self) -> dict[int, str]:
+        import ray
+
+        try:
+            while self.queue or self.inflight:
+                if len(self.dead) == len(self.actors):
+                    for shard in self.queue:
+                        self._fail(shard, "every worker is gone (out of restarts)")
+                    break
+                self._submit()
+                waiting = list(self.inflight) + list(self.pings)
+                if not waiting:  # every live actor is cooling down
+                    time.sleep(0.2)
+                    continue
+                ready, _ = ray.wait(waiting, num_returns=1, timeout=0.5)
+                for ref in ready:
+                    if ref in self.pings:
+                        self._pong(ref)
+                    else:
+                        self._collect(ref)
+                self._show()
+        finally:
+            self.progress.close()
+        return self.failed
+
+
 def _run_pool(root: Path, task: str, todo: list[ShardPlan], shape: dict) -> dict[int, str]:
     """Replay `todo` on an actor pool; returns {shard_index: error} for the shards that failed."""
     import ray
-    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     from sgvla.datagen.worker import ProgressBoard, SimWorker
 
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    board_name = f"sgvla-gen-progress-{uuid.uuid4().hex[:12]}"
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name).remote()
     cls = ray.remote(SimWorker).options(num_cpus=shape["num_cpus"], num_gpus=shape["num_gpus"],
-                                        max_restarts=MAX_SHARD_ATTEMPTS * len(todo), max_task_retries=0)
-    actors = [cls.remote(task, str(root), shape["num_envs"], shape["sim_backend"], board)
+                                        max_restarts=MAX_SHARD_ATTEMPTS * len(todo), max_task_retries=0,
+                                        scheduling_strategy="SPREAD")  # over the cluster's nodes
+    actors = [cls.remote(task, str(root), shape["num_envs"], shape["sim_backend"], board_name)
               for _ in range(shape["n"])]
-    queue, idle = list(todo), list(range(len(actors)))
-    last: dict[int, str | None] = defaultdict(lambda: None)
-    attempts: Counter = Counter()
-    inflight: dict = {}
-    failed: dict[int, str] = {}
-    progress = _Progress(todo)
     try:
-        while queue or inflight:
-            while idle and queue:
-                a = idle.pop(0)
-                shard = _next_shard(queue, last[a])
-                attempts[shard.shard_index] += 1
-                ref = actors[a].run_shard.remote(shard.to_json(), shard.config, shard.split, shard.num_shards,
-                                                 attempts[shard.shard_index])
-                inflight[ref] = (a, shard)
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
-            for ref in ready:
-                a, shard = inflight.pop(ref)
-                idle.append(a)
-                last[a] = shard.source
-                try:
-                    res = ray.get(ref)
-                    progress.shard_finished(shard, res["outcomes"])
-                except (RayActorError, ActorUnavailableError) as e:
-                    last[a] = None
-                    if attempts[shard.shard_index] < MAX_SHARD_ATTEMPTS:
-                        tqdm.write(f"worker died on shard {shard.relpath} (attempt "
-                                   f"{attempts[shard.shard_index]}/{MAX_SHARD_ATTEMPTS}); retrying")
-                        queue.insert(0, shard)
-                    else:
-                        failed[shard.shard_index] = f"worker died {MAX_SHARD_ATTEMPTS} times: {_first_line(e)}"
-                        progress.shard_finished(shard, None)
-                except RayTaskError as e:
-                    failed[shard.shard_index] = _first_line(getattr(e, "cause", None) or e)
-                    tqdm.write(f"shard {shard.relpath} failed: {failed[shard.shard_index]}")
-                    progress.shard_finished(shard, None)
-            snap = ray.get(board.snapshot.remote())
-            live = {s.shard_index: attempts[s.shard_index] for _, s in inflight.values()}
-            pf = sum(v[1] for k, v in snap.items() if live.get(k) == v[0])
-            pe = sum(v[2] for k, v in snap.items() if live.get(k) == v[0])
-            progress.show(pf, pe)
+        return _Pool(actors, board, todo).run()
     finally:
-        progress.close()
         for actor in actors:
             ray.kill(actor)
         ray.kill(board)
-    return failed
 
 
 def _first_line(e: BaseException) -> str:
@@ -299,31 +414,36 @@ def run_gen(task: str, subtask: str, episodes: int, out: Path, demos: Path | Non
     out = Path(out)
     subtasks = subtasks_for(task, subtask)
     _check_args(split, episodes, workers, episodes_per_shard, out)
+    fresh = not out.exists()
     _prepare_out(out, overwrite)
-    files = _find_files(task, subtasks, Path(demos) if demos is not None else None, episodes, out)
-    plan = build_plan(task, split, files, episodes, episodes_per_shard)
-    store_plan(out, task, split, plan)
-    todo = [s for s in plan if not shard_done(out, s)]
-    command_line = _command_line(task, subtask, episodes, out, demos, split, workers, episodes_per_shard)
+    session = _RaySession(ray_address, workers)
     errors: dict[tuple[str, str, int], str] = {}
     t0 = time.time()
-    if todo:
-        print(f"{task}/{split}: {len(plan) - len(todo)} of {len(plan)} shards already done, "
-              f"{len(todo)} to go", file=sys.stderr)
-        import ray
-
-        started = _start_ray(ray_address, workers)
-        try:
-            shape = _pool_shape(workers, len(todo), episodes_per_shard)
-            failed = _run_pool(out, task, todo, shape)
+    try:
+        files = _find_files(task, subtasks, Path(demos) if demos is not None else None, episodes, out, session)
+        plan = build_plan(task, split, files, episodes, episodes_per_shard)
+        store_plan(out, task, split, plan)
+    except SgvlaError:
+        session.close()
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave nothing behind for a run that never started
+        raise
+    try:
+        todo = [s for s in plan if not shard_done(out, s)]
+        if todo:
+            print(f"{task}/{split}: {len(plan) - len(todo)} of {len(plan)} shards already done, "
+                  f"{len(todo)} to go", file=sys.stderr)
+            session.ensure()
+            failed = _run_pool(out, task, todo, _pool_shape(workers, len(todo), episodes_per_shard))
             errors = {(task, split, i): why for i, why in failed.items()}
-        finally:
-            if started:
-                ray.shutdown()
+    finally:
+        session.close()
+    command_line = _command_line(task, subtask, episodes, out, demos, split, workers, episodes_per_shard)
     manifest = _manifest(out, command_line, errors)
     write_json_atomic(out / MANIFEST_PATH, manifest)
-    from sgvla.dataset.finalize import finalize_dataset
+    if find_shards(out):  # nothing to describe when every shard failed
+        from sgvla.dataset.finalize import finalize_dataset
 
-    finalize_dataset(out, command_line, manifest["sources"])
+        finalize_dataset(out, command_line, manifest["sources"])
     print(_summary(manifest, task, split) + f"  [{time.time() - t0:.0f} s]", file=sys.stderr)
     return not any(e["config"] == task and e["split"] == split for e in manifest["failed"])

@@ -36,7 +36,7 @@ from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, episode_text, read_la
 from sgvla.datagen.plan import PlannedEpisode
 from sgvla.datagen.sources import DemoEpisode, DemoFile, EpisodeArrays, read_episode
 from sgvla.dataset.schema import FPS, encode_depth, encode_mask, encode_rgb
-from sgvla.tasks import BUILTIN_TASK
+from sgvla.tasks import BUILTIN_TASK, SUBTASKS
 
 #: Observation mode the replay renders with: both Fetch cameras' RGB, depth and segmentation.
 OBS_MODE = "rgb+depth+segmentation"
@@ -79,6 +79,13 @@ def make_env(task: str, demo: DemoFile, num_envs: int, sim_backend: str):
         import sgvla.envs  # noqa: F401  (registers MiniKitchen*-v0)
     kwargs.update(obs_mode=OBS_MODE, num_envs=num_envs, sim_backend=sim_backend, render_mode=None)
     return gym.make(demo.env_id, **kwargs)
+
+
+def source_name(path: str) -> str:
+    """Short demo-file name for the `source` column: `pick.h5`, or `pick/024_bowl.h5` when the file
+    sits in a subtask folder (MS-HAB names pick and place files alike)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name in SUBTASKS else p.name
 
 
 def _np(x) -> np.ndarray:
@@ -145,7 +152,7 @@ class _Batch:
             r["subtask"].append(p.subtask)
             r["instruction"].append(instruction)
             r["target"].append(target)
-            r["source"].append(f"{Path(p.source).name}:{p.traj}")
+            r["source"].append(f"{source_name(p.source)}:{p.traj}")
             for cam in CAMERA_UIDS:
                 r[f"{cam}_rgb"].append(encode_rgb(lab.rgb[cam][i]))
                 r[f"{cam}_depth"].append(encode_depth(lab.depth[cam][i]))

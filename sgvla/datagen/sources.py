@@ -179,8 +179,8 @@ def find_demo_files(demos: Path, subtasks: tuple[str, ...]) -> dict[str, list[De
         candidates = [(p, s or (p.stem if p.stem in SUBTASKS else None)) for p, s in candidates]
     by_subtask: dict[str, list[DemoFile]] = {s: [] for s in subtasks}
     for path, hint in candidates:
-        if path.name.startswith("."):
-            continue
+        if path.name.startswith(".") or (hint is not None and hint not in by_subtask):
+            continue  # temp files, and files named after a subtask that was not asked for
         f = read_demo_file(path, hint)
         if f.subtask in by_subtask:
             by_subtask[f.subtask].append(f)

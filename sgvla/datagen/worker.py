@@ -19,7 +19,7 @@ from sgvla.datagen.plan import ShardPlan, outcomes_path
 from sgvla.datagen.replay import EpisodeResult, Replayer
 from sgvla.datagen.sources import DemoFile, read_demo_file
 from sgvla.dataset.atomic import write_json_atomic
-from sgvla.dataset.schema import STATS_FIELDS
+from sgvla.dataset.schema import STATS_FIELDS, VECTOR_FIELDS
 from sgvla.dataset.shards import rows_to_table, write_shard
 from sgvla.dataset.stats import shard_stats, write_shard_stats
 
@@ -46,7 +46,7 @@ def write_shard_files(root: Path, shard: ShardPlan, results: list[EpisodeResult]
     n = len(cols["index"])
     write_json_atomic(outcomes_path(root, shard.config, shard.split, shard.shard_index),
                       {"shard": shard.relpath, "episodes": [r.outcome() for r in results]})
-    stats_cols = {k: np.asarray(cols[k], dtype=np.float32).reshape(n, -1) for k in STATS_FIELDS}
+    stats_cols = {k: np.asarray(cols[k], dtype=np.float32).reshape(n, VECTOR_FIELDS[k]) for k in STATS_FIELDS}
     stats_cols["episode_index"] = np.asarray(cols["episode_index"], dtype=np.int64)
     stats_cols["subtask"] = np.asarray(cols["subtask"], dtype=str)
     write_shard_stats(root, shard.config, shard.split, shard.shard_index, shard_stats(stats_cols))
@@ -65,13 +65,15 @@ def replay_shard(replayer: Replayer, root: Path, shard: ShardPlan, on_episode=No
 class SimWorker:
     """Ray actor body: owns a `Replayer` (its simulators) for as long as the process lives.
 
+    `board` names the `ProgressBoard` actor (looked up by name, so a restarted actor finds it).
+
     Built lazily on the first shard, so a restarted actor (after a crash) costs nothing until it
     is given work, and a failure to build the scene is reported as that shard's error.
     """
 
     def __init__(self, task: str, root: str, num_envs: int = 1, sim_backend: str = "physx_cpu",
-                 board=None):
-        self.task, self.root, self.board = task, Path(root), board
+                 board: str | None = None):
+        self.task, self.root, self.board_name, self.board = task, Path(root), board, None
         self.num_envs, self.sim_backend = num_envs, sim_backend
         self.replayer: Replayer | None = None
 
@@ -82,6 +84,10 @@ class SimWorker:
         shard = ShardPlan.from_json(config, split, num_shards, shard_doc)
         if self.replayer is None:
             self.replayer = Replayer(self.task, self.num_envs, self.sim_backend)
+        if self.board is None and self.board_name:
+            import ray
+
+            self.board = ray.get_actor(self.board_name)
         done = {"frames": 0, "episodes": 0}
 
         def report(result: EpisodeResult) -> None:
