@@ -84,7 +84,8 @@ class SGVLAConfig(PreTrainedConfig):
     one), `image_size`. Pixel tensors hold V = (history + 1) * len(views) images, frame-major (all
     views of frame t-k, ..., all views of frame t), views in this order.
     Actions: `action_dim` dims, each discretised into `n_action_bins` bins on [-1, 1] and mapped to
-    the token ids `action_token_begin ...+n_action_bins-1` (the tokenizer's `<|extra_i|>`).
+    the token ids `action_token_begin ...+n_action_bins-1` (the tokenizer's `<|extra_i|>`; set
+    from the tokenizer when the model's processor is first built, then saved with the checkpoint).
     Flow expert: `use_flow_expert`, `chunk_size` H, `flow_steps` Euler steps, `execute_steps` of the
     chunk run open-loop; expert width `expert_hidden_size` with the LLM's depth and head geometry.
     Auxiliary decoders: `aux_decoders` (subset of `AUX_NAMES`), `aux_weights`, `aux_detach` (decoders

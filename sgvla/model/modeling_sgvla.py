@@ -36,7 +36,7 @@ from transformers.utils import ModelOutput
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.aux_decoders import AuxiliaryDecoders, QposDecoder
-from sgvla.model.configuration_sgvla import ACTION_MODES, AUX_NAMES, SGVLAConfig
+from sgvla.model.configuration_sgvla import ACTION_MODES, AUX_NAMES, HUB_COMPONENTS, SGVLAConfig
 from sgvla.model.flow_expert import FlowMatchingExpert
 from sgvla.model.processing_sgvla import IGNORE_INDEX, SGVLAProcessor, build_byte_tokenizer
 from sgvla.model.transforms import unnormalize_action
@@ -188,6 +188,8 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         if compute is None:
             compute = ["action", *self.config.aux_decoders] + (["flow"] if self.expert is not None else [])
         names = set(compute)
+        if not names:
+            raise SgvlaError(f"compute= is empty: name at least one of {', '.join(LOSS_NAMES)}")
         unknown = names - set(LOSS_NAMES)
         if unknown:
             raise SgvlaError(f"compute= has unknown loss(es) {sorted(unknown)}: choose from {', '.join(LOSS_NAMES)}")
@@ -408,7 +410,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=self.config.action_dim,
                                  min_new_tokens=self.config.action_dim, do_sample=False,
                                  logits_processor=[ActionTokensOnly(tok.begin, tok.end)],
-                                 pad_token_id=self.config.text_config.pad_token_id)[:, -self.config.action_dim:]
+                                 pad_token_id=self.processor.pad_id)[:, -self.config.action_dim:]
 
     @torch.no_grad()
     def sample_action_chunk(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
@@ -469,7 +471,8 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
     # -- persistence -------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """config.json + model.safetensors + the tokenizer, written to a temporary folder and moved
-        into place, so an interrupted save never leaves a half-written checkpoint."""
+        into place (replacing the folder as a whole), so an interrupted save never leaves a
+        half-written checkpoint. Extra keyword arguments go to transformers (e.g. `state_dict`)."""
         target = Path(save_directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -495,9 +498,14 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         return super().from_pretrained(*args, **kwargs)
 
     @classmethod
-    def from_components(cls, dino: str, siglip: str, llm: str, tokenizer: str | None = None,
+    def from_components(cls, dino: str = HUB_COMPONENTS["dino"], siglip: str = HUB_COMPONENTS["siglip"],
+                        llm: str = HUB_COMPONENTS["llm"], tokenizer: str | None = None,
                         dtype: torch.dtype | None = None, **config_overrides):
-        """Assemble pretrained DINOv2-reg, SigLIP and Qwen2 (local folders or Hub ids) into SG-VLA."""
+        """Assemble pretrained DINOv2-reg, SigLIP and Qwen2 (local folders or Hub ids; the defaults are
+        the paper's Hub ids) into SG-VLA. The DINO position grid is resampled once to `image_size`,
+        the towers' last blocks are dropped, the 256 action tokens are added to the tokenizer (and
+        the LLM's embeddings grown if needed); projector, decoders and expert start random.
+        `config_overrides` are SGVLAConfig fields (views, history, aux_decoders, ...)."""
         from sgvla.model.loading import assemble_components
 
         return assemble_components(cls, dino, siglip, llm, tokenizer, dtype, **config_overrides)

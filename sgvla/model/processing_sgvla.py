@@ -108,9 +108,21 @@ class SGVLAProcessor:
 
     # -- batching ----------------------------------------------------------------------------
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Dataset samples -> a batch dict that `model(**batch)` accepts (right padding)."""
+        """Dataset samples -> a batch dict that `model(**batch)` accepts (right padding).
+
+        Sample keys: pixel_values {"dino", "siglip"} (V, 3, S, S), instruction, action (13,)
+        normalised; optional action_chunk (H, 13) + action_chunk_pad (H,) bool, aux {key: target} +
+        aux_valid {key: bool} (keys of AUX_TARGETS), subtask. Batch keys: input_ids, attention_mask,
+        labels (B, T); pixel_values (B, V, 3, S, S) each; action (B, 13); action_chunk (B, H, 13);
+        action_chunk_pad (B, H); aux {key: (B, ...)}; aux_valid {key: (B,) bool}; subtask list.
+        """
         if not samples:
             raise SgvlaError("collate() got an empty list of samples")
+        for s in samples:
+            missing = [k for k in ("pixel_values", "instruction", "action") if k not in s]
+            if missing:
+                raise SgvlaError(f"a sample lacks {missing}: the data pipeline must give pixel_values, "
+                                 "instruction and a normalised action")
         ids, labels = [], []
         for s in samples:
             p, a = self.prompt_ids(s["instruction"]), self.answer_ids(s["action"])
