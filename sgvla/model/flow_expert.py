@@ -11,7 +11,8 @@ whole valid prefix and each other (bidirectional); RoPE positions continue after
 Convention (pi0's, noted because it is the opposite of the flow-matching papers): t = 1 is pure
 noise, t = 0 is data. Training draws one t per sample from Beta(1.5, 1) * 0.999 + 0.001 (more
 weight near the noisy end), x_t = t * noise + (1 - t) * actions, and regresses the velocity
-u = noise - actions with an MSE averaged over action dims and non-padded chunk steps. Sampling
+u = noise - actions with an MSE averaged over action dims and non-padded chunk steps (padded steps
+still take part in attention, as at inference where a full chunk is always sampled). Sampling
 integrates dx/dt = v from t = 1 to t = 0 with `flow_steps` explicit Euler steps (dt = -1/steps).
 """
 
