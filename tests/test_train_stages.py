@@ -86,6 +86,22 @@ def test_stages_1_and_2_leave_the_expert_alone(setup):
     assert not _changed(before, after, ("expert.",))
 
 
+def test_gradient_checkpointing_gives_the_same_step(setup):
+    cfg, model, batch, stages = setup
+    results = []
+    for checkpointing in (False, True):
+        m = copy.deepcopy(model)
+        if checkpointing:
+            modelops.enable_gradient_checkpointing(m)
+        modelops.apply_stage(m, stages["stage2"])
+        opt = torch.optim.Adam(m.parameters(), lr=cfg.optim.lr)
+        results.append(train_step(m, [batch], opt, modelops.stage_weights(m, stages["stage2"]), cfg,
+                                  torch.device("cpu")))
+        assert m.llm.is_activation_checkpointing == checkpointing
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
+    assert results[0]["grad_norm"] == pytest.approx(results[1]["grad_norm"], rel=1e-5)
+
+
 # --------------------------------------------------------------------------- driver-side checks
 
 

@@ -8,6 +8,10 @@ A checkpoint is a folder `RUN/checkpoints/step-NNNNNNNN/` holding
 * `trainer_state.json`: where in the schedule it was taken (stage, epoch, step in epoch, global
   step), from which the sampler position follows, plus the run's compatibility fingerprint.
 
+The learning rate is constant (paper, section 6.1), so there is no scheduler state to keep; the
+sampler position follows from (stage, epoch, step in epoch) because the data order of an epoch is
+a function of the seed (`sgvla.train.sampler`).
+
 It is assembled in a hidden temporary folder and renamed into place, so a folder with a final name
 is always complete; that is what lets a restarted run trust the newest one it finds even if Ray
 Train had not registered it yet when the previous run died.

@@ -36,7 +36,8 @@ def _ensure_ray(address: str | None, workers: int, cpus: float, gpus: float) -> 
     started = False
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True,
+            # "local" always starts a private instance (never silently joins someone else's)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
                      configure_logging=True, logging_level="WARNING")
         except ConnectionError as e:
             raise SgvlaError(f"cannot join the Ray cluster at --ray-address {address} ({e}): start it with "

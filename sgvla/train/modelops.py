@@ -139,7 +139,8 @@ def stage_weights(model, stage: Stage) -> dict[str, float]:
 
 def enable_gradient_checkpointing(model) -> None:
     """Non-reentrant activation checkpointing of the LLM's decoder layers (DDP- and FSDP-safe)."""
-    _unwrap(model).llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    llm = _unwrap(model).llm
+    llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def wrap_ddp(model, env):

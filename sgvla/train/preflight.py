@@ -133,9 +133,9 @@ def _inspect_hub(repo_id: str, cfg: TrainConfig, needed: list[str]) -> DatasetIn
     except SgvlaError:
         raise
     except Exception as e:  # network, auth, missing repo: all the user's to fix
-        raise SgvlaError(f"cannot read dataset {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}): check the repo id, your login "
-                         "(HF_TOKEN) and the network, or pass a local folder") from None
+        raise SgvlaError(f"--dataset {repo_id!r} is no local folder and cannot be read from the Hugging Face "
+                         f"Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): check the "
+                         "path, or the repo id, your login (HF_TOKEN) and the network") from None
     return DatasetInfo(repo_id, False, list(configs), cfg.data.split, rows, stats)
 
 
