@@ -102,6 +102,18 @@ def test_gradient_checkpointing_gives_the_same_step(setup):
     assert results[0]["grad_norm"] == pytest.approx(results[1]["grad_norm"], rel=1e-5)
 
 
+def test_subtask_selection_reaches_the_sampler(dataset):
+    cfg = config_from_dict({"data": {"subtasks": ["place"]}, "train": {"global_batch_size": 4},
+                            "model": {"aux_decoders": ["grasp"], "use_flow_expert": False}})
+    mc = modelops.model_config(cfg)
+    info = inspect_dataset(str(dataset), cfg, mc)
+    assert info.num_rows == 6  # one of the two episodes
+    ds, idx = modelops.build_dataset(cfg, dataclasses.asdict(info), mc)
+    assert len(ds) == 12 and len(idx) == 6 and {ds[i]["subtask"] for i in idx} == {"place"}
+    with pytest.raises(SgvlaError, match="no 'train' rows"):
+        inspect_dataset(str(dataset), config_from_dict({**cfg.to_dict(), "data": {"subtasks": ["open"]}}), mc)
+
+
 # --------------------------------------------------------------------------- driver-side checks
 
 

@@ -79,7 +79,7 @@ def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Da
                            stats=data["stats"], seed=cfg.train.seed, masks="mask" in mc.aux_decoders)
     if cfg.data.subtasks is None:
         return ds, list(range(len(ds)))
-    names = np.asarray(ds._subtask)  # per-row subtask names, read once at construction
+    names = np.asarray(ds.subtasks)  # per-row subtask names, read once at construction
     return ds, np.flatnonzero(np.isin(names, cfg.data.subtasks)).tolist()
 
 
