@@ -18,7 +18,7 @@ import sapien
 from transforms3d.quaternions import mat2quat, quat2mat
 
 from sgvla.envs import scene as S
-from sgvla.envs.ik import ARM_QPOS_IDX, ArmIK, _rot_error
+from sgvla.envs.ik import ARM_QPOS_IDX, ArmIK, rot_error
 from sgvla.envs.mini_kitchen import REST_QPOS, MiniKitchenEnv
 
 ACTION_DIM = 13
@@ -68,7 +68,7 @@ def _frame(x_axis, y_axis) -> np.ndarray:
 
 def _closest_rotation(candidates: list[np.ndarray], current: np.ndarray) -> np.ndarray:
     """Among equivalent grasp orientations pick the one needing the least wrist rotation."""
-    return min(candidates, key=lambda r: np.linalg.norm(_rot_error(r, current)))
+    return min(candidates, key=lambda r: np.linalg.norm(rot_error(r, current)))
 
 
 class ScriptedExpert:
@@ -132,7 +132,7 @@ class ScriptedExpert:
         else:
             now = self._gripper_world(u, qpos)
             reached = (np.linalg.norm(now.p - target.p) < stage.tol
-                       and np.linalg.norm(_rot_error(quat2mat(target.q), quat2mat(now.q))) < 0.1)
+                       and np.linalg.norm(rot_error(quat2mat(target.q), quat2mat(now.q))) < 0.1)
         return reached and (stage.done is None or stage.done(u))
 
     def _joint_goal(self, u, stage: Stage, qpos: np.ndarray) -> np.ndarray:
@@ -182,7 +182,7 @@ class ScriptedExpert:
         p = now.p + step * min(1.0, stage.speed / max(dist, 1e-9))
         # Rotate at most 0.15 rad per step, towards the target orientation.
         r_now, r_tgt = quat2mat(now.q), quat2mat(target.q)
-        rv = _rot_error(r_tgt, r_now)
+        rv = rot_error(r_tgt, r_now)
         ang = np.linalg.norm(rv)
         if ang > 0.15:
             rv = rv * 0.15 / ang

@@ -16,7 +16,7 @@ from transforms3d.quaternions import quat2mat
 ARM_QPOS_IDX = (5, 7, 8, 9, 10, 11, 12)
 
 
-def _rot_error(r_target: np.ndarray, r_now: np.ndarray) -> np.ndarray:
+def rot_error(r_target: np.ndarray, r_now: np.ndarray) -> np.ndarray:
     """Axis-angle vector (world frame) rotating r_now onto r_target."""
     r = r_target @ r_now.T
     cos = np.clip((np.trace(r) - 1) / 2, -1.0, 1.0)
@@ -58,7 +58,7 @@ class ArmIK:
             pose = self.fk(q)
             r_now = quat2mat(pose.q)
             err_p_vec = p_target - pose.p
-            err_r = _rot_error(r_target, r_now)
+            err_r = rot_error(r_target, r_now)
             err_p = float(np.linalg.norm(err_p_vec))
             if err_p < tol and np.linalg.norm(err_r) < 10 * tol:
                 break

@@ -171,10 +171,7 @@ def build_counter(scene: ManiSkillScene) -> Articulation:
                                 pose_in_child=sapien.Pose())
 
     ab.initial_pose = sapien.Pose()
-    counter = ab.build(name="counter", fix_root_link=True)
-    for link in counter.links:
-        link.set_collision_group_bit(group=2, bit_idx=FETCH_WHEELS_COLLISION_BIT, bit=1)
-    return counter
+    return ab.build(name="counter", fix_root_link=True)
 
 
 def build_object(scene: ManiSkillScene, spec: ObjectSpec, name: str) -> Actor:
