@@ -129,12 +129,16 @@ def test_obj_pose_is_the_world_pose_in_the_base_frame(built):
         np.testing.assert_allclose(rel[:, 3:], sign * expect, atol=1e-4)
 
 
-def test_is_grasped_becomes_true_during_pick(built):
+def test_is_grasped_becomes_true_during_pick_and_false_after_place(built):
     eps = _episodes(_load(built))
     picks = [e for e in eps.values() if int(e["subtask"][0]) == 0]
-    assert picks
+    places = [e for e in eps.values() if int(e["subtask"][0]) == 1]
+    assert picks and places
     for e in picks:
         assert not e["is_grasped"][0] and e["is_grasped"].any() and e["is_grasped"][-1]
+    for e in places:  # place starts with the object in the gripper and ends with it released
+        # (frame 0 is the env's reset report, made before any physics step has found the contacts)
+        assert e["is_grasped"][:2].any() and not e["is_grasped"][-1]
 
 
 def _project(c2w_gl: np.ndarray, K: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:

@@ -271,8 +271,9 @@ class Replayer:
         if exact:
             states = [a.env_states for a in pad]
             s0 = _state_at(states, 0, u.device)
-            if not _states_close(u.get_state_dict(), s0):
-                u.set_state_dict(s0)
+            rerender = not _states_close(u.get_state_dict(), s0)  # else the reset's render is s0's
+            u.set_state_dict(s0)
+            if rerender:
                 obs, info = u.get_obs(), u.get_info()
         target = resolve_target(env, demo.subtask)
         name = demo.target if demo.kind == "mshab" else getattr(target, "name", None)
