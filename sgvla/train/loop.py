@@ -112,37 +112,44 @@ def train_step(model: torch.nn.Module, batches: list[dict], optimizer: torch.opt
     Returns this rank's mean of each loss, the objective, token accuracy and the gradient norm.
     """
     optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # device tensors: one host sync per step, not per loss
+
+    def add(key: str, value: torch.Tensor) -> None:
+        sums[key] = sums.get(key, 0.0) + value.detach().float() / n
+
     n = len(batches)
     for i, batch in enumerate(batches):
         batch = _to_device(batch, device)
+        # DDP: all-reduce only after the last micro batch (forward and backward inside no_sync)
         sync = i == n - 1 or not hasattr(model, "no_sync")
-        with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(cfg, device):
-            out = model(**batch, **(forward_kwargs or {}))
-            loss = out.loss
-        (loss / n).backward()
-        sums["loss"] = sums.get("loss", 0.0) + loss.item() / n
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast_context(cfg, device):
+                out = model(**batch, **(forward_kwargs or {}))
+            (out.loss / n).backward()
+        add("loss", out.loss)
         for k, v in out.losses.items():
             if v is not None and k in weights:
-                sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v.detach()) / n
+                add(f"loss_{k}", v)
         acc = getattr(out, "token_accuracy", None)
         if acc is not None and "action" in weights:
-            sums["token_accuracy"] = sums.get("token_accuracy", 0.0) + float(acc) / n
+            add("token_accuracy", acc)
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else math.inf
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
-    sums["grad_norm"] = float(norm)
     optimizer.step()
-    return sums
+    out_values = {k: float(v) for k, v in sums.items()}
+    out_values["grad_norm"] = float(norm)
+    return out_values
 
 
 def reduce_metrics(values: dict[str, float], keys: list[str], env: WorkerEnv) -> dict[str, float]:
     """Mean over ranks of each metric (a rank missing a key does not count for it)."""
     if not env.distributed:
         return {k: values[k] for k in keys if k in values}
-    t = torch.tensor([[values.get(k, 0.0), 1.0 if k in values else 0.0] for k in keys], dtype=torch.float64)
+    t = torch.tensor([[values.get(k, 0.0), 1.0 if k in values else 0.0] for k in keys], dtype=torch.float64,
+                     device=env.device)  # NCCL reduces device tensors only
     dist.all_reduce(t)
     return {k: (t[i, 0] / t[i, 1]).item() for i, k in enumerate(keys) if t[i, 1] > 0}
 
