@@ -10,8 +10,10 @@ Layout of a run folder (`--output`):
     model/              the final model (save_pretrained, with tokenizer and action statistics)
 
 The workers read the dataset themselves; the driver only passes paths, the config and the
-statistics. Ray Train's `RunConfig(name="checkpoints", storage_path=RUN)` makes a re-run (the
-`--resume` path) and a restart after a worker failure (`FailureConfig`) see the same storage.
+statistics. On a multi-node cluster (`--ray-address`), `--output` and a local `--dataset` must be
+on storage every node sees at the same path (a Hub dataset is downloaded by each node).
+Ray Train's `RunConfig(name="checkpoints", storage_path=RUN)` makes a re-run (the `--resume`
+path) and a restart after a worker failure (`FailureConfig`) see the same storage.
 """
 
 from __future__ import annotations
@@ -63,11 +65,23 @@ def _stop(started: bool) -> None:
         ray.shutdown()
 
 
+def _absolute_model_paths(cfg):
+    """Local model folders (init_from, components) as absolute paths: Ray workers run elsewhere."""
+    m = cfg.model
+    if m.init_from and Path(m.init_from).expanduser().exists():
+        m.init_from = str(Path(m.init_from).expanduser().resolve())
+    comps = m.extra.get("components")
+    if isinstance(comps, dict):
+        m.extra["components"] = {k: str(Path(v).expanduser().resolve()) if Path(str(v)).expanduser().exists()
+                                 else v for k, v in comps.items()}
+    return cfg
+
+
 def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_per_worker: float = 0,
               ray_address: str | None = None, resume: bool = False,
               overrides: list[str] | tuple = ()) -> dict:
     """Train a preset on a dataset into `output` (see the module doc); returns a short summary."""
-    cfg = load_config(Path(config), list(overrides))
+    cfg = _absolute_model_paths(load_config(Path(config), list(overrides)))
     if workers < 1:
         raise SgvlaError(f"--workers {workers}: need at least 1")
     if gpus_per_worker < 0:
