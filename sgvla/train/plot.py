@@ -57,7 +57,8 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
             xs, ys = _series(records, k)
             if xs:
                 ax.plot(xs, ys, lw=1.2, label=k.removeprefix("loss_"))
-        if title in ("loss", "losses") and all(y > 0 for k in keys for y in _series(records, k)[1]):
+        positive = all(y > 0 for k in keys for y in _series(records, k)[1])
+        if title in ("loss", "losses", "grad norm") and positive:
             ax.set_yscale("log")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
