@@ -44,7 +44,7 @@ def _gen(out: Path, **kw) -> bool:
 @pytest.fixture(scope="module")
 def built(ray_cluster, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gen") / "ds"
-    assert _gen(out)
+    assert _gen(out, episodes_per_shard=2)  # one shard per subtask: whole multi-episode shards
     return out
 
 
@@ -182,7 +182,7 @@ def test_masks_cover_the_target_when_in_view_and_are_empty_when_not(built):
 def test_rerun_resumes_with_nothing_to_redo(built):
     before = {s.path: s.path.stat().st_mtime_ns for s in find_shards(built)}
     t0 = time.time()
-    assert _gen(built)
+    assert _gen(built, episodes_per_shard=2)
     assert {s.path: s.path.stat().st_mtime_ns for s in find_shards(built)} == before
     assert time.time() - t0 < 30
 
