@@ -7,6 +7,13 @@ replayed the same demo file (its scene is already built). A shard whose worker p
 retried on the restarted actor, at most `MAX_SHARD_ATTEMPTS` times; an error raised while
 replaying fails that shard at once (it would fail again) and is named in the summary. Resuming is
 re-running: finished shards are skipped, see `plan.py`.
+
+CPU vs GPU: on a cluster without GPUs there is one actor per core, each with one CPU-PhysX env
+(`num_envs=1`). When the cluster has GPUs (`_pool_shape`), there is one actor per GPU, each with
+one vectorised env (`num_envs = min(--episodes-per-shard, 252)`, GPU PhysX and rendering) that
+replays a whole shard as one batch - so on GPU nodes choose `--episodes-per-shard` near the batch
+size you want. The replay code is the same for both (see `replay.py`); the GPU branch has not
+been run on this project's CPU-only machines.
 """
 
 from __future__ import annotations
