@@ -3,7 +3,8 @@
 #   expert demos -> sgvla gen -> sgvla validate/info/viz -> sgvla train (tiny, 3 stages) -> sgvla plot -> sgvla eval
 # Every step is a plain `sgvla` command you can run yourself. Re-running resumes or skips finished steps.
 # Knobs (environment): SGVLA_DEMO_OUT (outputs/demo), SGVLA_DEMO_EPISODES (expert attempts per subtask, 6),
-# SGVLA_EVAL_EPISODES (episodes per subtask, 3), SGVLA_WORKERS (2), SGVLA_TRAIN_SET (extra --set overrides).
+# SGVLA_EVAL_EPISODES (episodes per subtask, 3), SGVLA_WORKERS (2), SGVLA_TRAIN_SET (extra --set overrides),
+# SGVLA_EVAL_MAX_STEPS (shorter eval horizon, for quick checks such as CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${SGVLA_DEMO_OUT:-outputs/demo}"
@@ -42,7 +43,7 @@ step "5/6 loss curves" sgvla plot "$OUT/run" --out "$OUT/run/losses.png"
 
 step "6/6 closed-loop evaluation in the simulator" \
   sgvla eval --model "$OUT/run" --task mini_kitchen --subtask all --episodes "$EVAL_EPISODES" \
-  --out "$OUT/eval" --workers "$WORKERS" --video
+  --out "$OUT/eval" --workers "$WORKERS" --video ${SGVLA_EVAL_MAX_STEPS:+--max-steps "$SGVLA_EVAL_MAX_STEPS"}
 
 cat <<TXT
 
