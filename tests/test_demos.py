@@ -29,6 +29,7 @@ def _demos(*args: str):
         (["--task", "tidy_house", "--subtask", "pick"], "--task"),
         (["--subtask", "juggle"], "--subtask"),
         (["--episodes", "0"], "--episodes"),
+        (["--seed", "-1"], "--seed"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, args, flag):

@@ -22,7 +22,7 @@ DEMO_OBS_MODE = "rgbd"
 SETTLE_STEPS = 5
 
 
-def check_demo_args(task: str, subtask: str, episodes: int, out: Path) -> tuple[str, ...]:
+def check_demo_args(task: str, subtask: str, episodes: int, out: Path, seed: int = 0) -> tuple[str, ...]:
     """Validate the CLI arguments before any simulator work; returns the subtasks to record."""
     subtasks = subtasks_for(task, subtask)
     if task != BUILTIN_TASK:
@@ -30,6 +30,8 @@ def check_demo_args(task: str, subtask: str, episodes: int, out: Path) -> tuple[
                          "tasks use MS-HAB's published demos (see README.md)")
     if episodes < 1:
         raise SgvlaError(f"--episodes must be at least 1 (got {episodes})")
+    if seed < 0:
+        raise SgvlaError(f"--seed must be 0 or more (got {seed}): simulator seeds are unsigned")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SgvlaError(f"--out {out} is a file; pass a folder (it receives <subtask>.h5 and .json)")
@@ -41,7 +43,7 @@ def generate_demos(task: str = BUILTIN_TASK, subtask: str = "all", episodes: int
                    progress: bool = True) -> dict[str, float]:
     """Record `episodes` expert attempts (seeds seed..seed+episodes-1) per subtask into
     `<out>/<subtask>.h5/.json`; returns the expert success rate per subtask."""
-    subtasks = check_demo_args(task, subtask, episodes, out)
+    subtasks = check_demo_args(task, subtask, episodes, out, seed)
     out = Path(out)
     rates = {}
     for sub in subtasks:
