@@ -39,10 +39,12 @@ class EvalWorker:
         return self.envs[subtask]
 
     def run(self, subtask: str, seed: int) -> dict:
+        from mani_skill.utils.gym_utils import find_max_episode_steps_value
+
         from sgvla.eval.rollout import run_episode
 
         env = self._env(subtask)
-        horizon = self.max_steps or env.spec.max_episode_steps or MSHAB_HORIZON
+        horizon = self.max_steps or find_max_episode_steps_value(env) or MSHAB_HORIZON
         video = self.out / "videos" / f"{subtask}-seed{seed}.mp4" if self.video else None
         return run_episode(env, self.policy, subtask, seed, horizon, video).to_dict()
 
