@@ -6,6 +6,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -134,6 +135,15 @@ def test_dataset_without_depth_is_refused_before_ray(dataset, tmp_path):
     with pytest.raises(SgvlaError, match="hand_depth"):
         run_train(TINY, str(broken), tmp_path / "run")
     _ray_untouched()
+    nulls = tmp_path / "null_depth"  # recorded without depth: the column is there but empty
+    shutil.copytree(dataset, nulls)
+    for shard in nulls.glob("*/data/*.parquet"):
+        table = pq.read_table(shard)
+        i = table.schema.get_field_index("hand_depth")
+        field = table.schema.field(i)
+        pq.write_table(table.set_column(i, field, pa.nulls(len(table), field.type)), shard)
+    with pytest.raises(SgvlaError, match="stores no values for \\['hand_depth'\\]"):
+        run_train(TINY, str(nulls), tmp_path / "run")
     # a preset that does not read hand depth is fine with it
     cfg = config_from_dict({"model": {"views": ["head_rgb", "head_depth"]},
                             "train": {"global_batch_size": 4}})

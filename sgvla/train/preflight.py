@@ -88,7 +88,8 @@ def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetIn
                 raise SgvlaError(f"dataset shard {shard.path} has no column(s) {lacking} that this preset "
                                  "needs (model views / aux_decoders): use a dataset recorded with them or "
                                  "drop them with --set model.views=... / model.aux_decoders=...")
-            _check_not_null(pf, shard.path, needed)
+            if shard is grouped[config][split][0]:  # one sample per config: a full scan would read images
+                _check_not_null(pf, shard.path, needed)
             if subtask_ids is None:
                 rows += pf.metadata.num_rows
             else:
@@ -105,7 +106,7 @@ def _check_not_null(pf, path: Path, needed: list[str]) -> None:
     """The first row of each needed column holds a value (a dataset recorded without depth stores nulls)."""
     if pf.metadata.num_rows == 0:
         return
-    first = pf.read_row_group(0, columns=needed).slice(0, 1).to_pylist()[0]
+    first = next(pf.iter_batches(batch_size=1, columns=needed)).to_pylist()[0]
     empty = [c for c in needed if first[c] is None or (isinstance(first[c], dict) and first[c].get("bytes")
                                                        is None and first[c].get("path") is None)]
     if empty:
