@@ -19,6 +19,8 @@ path) and a restart after a worker failure (`FailureConfig`) see the same storag
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 
 from sgvla.errors import SgvlaError
@@ -107,7 +109,8 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
     finally:
         _stop(started)
     records = read_metrics(output)
-    summary = {"run": str(output), "model": str(output / FINAL_MODEL_DIR), "steps": result.get("global_step"),
+    steps = result.get("global_step") or (records[-1]["global_step"] if records else 0)
+    summary = {"run": str(output), "model": str(output / FINAL_MODEL_DIR), "steps": steps,
                "metrics": str(output / METRICS_FILE), "accumulation": accum,
                "final_loss": records[-1]["loss"] if records else None}
     print(f"trained {summary['steps']} steps; final model: {summary['model']}; metrics: {summary['metrics']} "
@@ -115,10 +118,25 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
     return summary
 
 
+def _drop_torn_ray_snapshot(output: Path) -> None:
+    """Set aside Ray Train's checkpoint list if a kill left it half-written (Ray would refuse to start).
+
+    Nothing is lost: the workers find the newest complete checkpoint in the folder themselves.
+    """
+    snap = output / CHECKPOINT_DIR / "checkpoint_manager_snapshot.json"
+    if not snap.is_file():
+        return
+    try:
+        json.loads(snap.read_text())
+    except (ValueError, UnicodeDecodeError):
+        os.replace(snap, snap.with_name(snap.name + ".torn"))
+
+
 def _fit(cfg, info, output: Path, workers: int, gpus: float) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    _drop_torn_ray_snapshot(output)
     use_gpu = gpus > 0
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if use_gpu else {})}
     payload = {"config": cfg.to_dict(), "data": dataclasses.asdict(info), "run_dir": str(output)}
