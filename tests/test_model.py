@@ -438,3 +438,28 @@ def test_from_components_uses_second_to_last_layer_features(tmp_path):
     with pytest.raises(SgvlaError, match="cannot load"):
         SGVLAForActionPrediction.from_components(dino=str(tmp_path / "nothing"), siglip=str(tmp_path / "siglip"),
                                                  llm=str(tmp_path / "llm"), image_size=56)
+
+
+def test_compact_unit_pixels_are_resized_on_the_model_side_like_evaluation():
+    """The pipeline's "unit16" format (128 px half floats) gives the same loss as pre-made towers."""
+    from sgvla.model.transforms import unit_to_towers
+
+    model = tiny().eval()
+    g = np.random.default_rng(3)
+    samples = [make_sample(model.config, i) for i in range(2)]
+    units = [torch.from_numpy(g.random((model.config.n_images, 3, 128, 128), dtype=np.float32)).half()
+             for _ in samples]
+    for s, u in zip(samples, units, strict=True):
+        s["pixel_values"] = {"unit": u}
+    compact = model.processor.collate(samples)
+    for s, u in zip(samples, units, strict=True):
+        s["pixel_values"] = unit_to_towers(u, model.config.image_size)
+    towers = model.processor.collate(samples)
+    with torch.no_grad():
+        torch.manual_seed(0)  # the flow loss draws noise and times
+        a = model(**compact)
+        torch.manual_seed(0)
+        b = model(**towers)
+    assert a.losses.keys() == b.losses.keys()
+    for k in a.losses:
+        assert torch.allclose(a.losses[k], b.losses[k], atol=1e-5), k

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from sgvla.dataset.layout import find_shards, group_shards
 from sgvla.dataset.schema import ACTION_DIM, MASK_FIELDS, STATS_PATH
 from sgvla.errors import SgvlaError
-from sgvla.model.transforms import normalize_action, normalize_for_towers, resize, to_unit_image
+from sgvla.model.transforms import normalize_action, normalize_for_towers, resize, to_unit_image, unit_to_towers
 
 VIEW_ORDER = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
 DEFAULT_VIEWS = VIEW_ORDER
@@ -183,14 +183,6 @@ def views_to_unit16(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -
             out.append(planes[c:c + 1].expand(3, *planes.shape[1:]))
             c += 1
     return torch.stack(out).half()
-
-
-def unit_to_towers(unit: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
-    """[..., 3, H, W] unit images (any device, e.g. a "unit16" batch on the GPU) -> the two towers.
-
-    Exactly `sgvla.model.transforms`' resize + normalize_for_towers, as evaluation runs them.
-    """
-    return normalize_for_towers(resize(unit.float(), size))
 
 
 def views_to_pixels_reference(frames: list[dict[str, np.ndarray]], views: Sequence[str],

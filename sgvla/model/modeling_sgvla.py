@@ -39,7 +39,7 @@ from sgvla.model.aux_decoders import AuxiliaryDecoders, QposDecoder
 from sgvla.model.configuration_sgvla import ACTION_MODES, AUX_NAMES, HUB_COMPONENTS, SGVLAConfig
 from sgvla.model.flow_expert import FlowMatchingExpert
 from sgvla.model.processing_sgvla import IGNORE_INDEX, SGVLAProcessor, build_byte_tokenizer
-from sgvla.model.transforms import unnormalize_action
+from sgvla.model.transforms import unit_to_towers, unnormalize_action
 from sgvla.model.vision import FusedMLPProjector, FusedVisionBackbone
 
 LOSS_NAMES: tuple[str, ...] = ("action", *AUX_NAMES, "flow")
@@ -203,9 +203,17 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
 
     # -- inputs ------------------------------------------------------------------------------
     def encode_images(self, pixel_values: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """{"dino", "siglip"}: (B, V, 3, S, S) -> projected patch tokens (B, V * P, llm width)."""
+        """{"dino", "siglip"}: (B, V, 3, S, S) -> projected patch tokens (B, V * P, llm width).
+
+        Also takes {"unit": (B, V, 3, H, W)} images in [0, 1] at any resolution (the data pipeline's
+        compact "unit16" format): they are resized and normalised here, on the model's device, with
+        exactly the transforms evaluation uses, so DataLoader workers ship 128 px half floats instead
+        of two float32 copies at 224 px.
+        """
         c = self.config
         want = (c.n_images, 3, c.image_size, c.image_size)
+        if isinstance(pixel_values, Mapping) and set(pixel_values) == {"unit"}:
+            pixel_values = unit_to_towers(pixel_values["unit"], c.image_size)
         if not isinstance(pixel_values, Mapping) or set(pixel_values) != {"dino", "siglip"}:
             raise SgvlaError("pixel_values must be a dict with 'dino' and 'siglip' tensors "
                              "(see sgvla.model.transforms.normalize_for_towers)")

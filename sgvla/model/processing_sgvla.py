@@ -139,7 +139,7 @@ class SGVLAProcessor:
         batch: dict[str, Any] = {
             "input_ids": input_ids, "attention_mask": attn, "labels": label_t,
             "pixel_values": {k: self._stack([s["pixel_values"][k] for s in samples], f"pixel_values[{k!r}]")
-                             for k in ("dino", "siglip")},
+                             for k in samples[0]["pixel_values"]},
             "action": self._stack([s["action"] for s in samples], "action"),
         }
         self._check_pixels(batch["pixel_values"])
@@ -175,6 +175,8 @@ class SGVLAProcessor:
         c = self.config
         want = (c.n_images, 3, c.image_size, c.image_size)
         for k, v in pixels.items():
+            if k == "unit" and tuple(v.shape[1:3]) == want[:2]:
+                continue  # resized on the model's device (encode_images)
             if tuple(v.shape[1:]) != want:
                 raise SgvlaError(f"pixel_values[{k!r}] is {tuple(v.shape[1:])} per sample but the model expects "
                                  f"{want}: (history+1)*len(views) = ({c.history}+1)*{len(c.views)} images for "

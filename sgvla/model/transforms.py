@@ -60,6 +60,11 @@ def normalize_for_towers(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"dino": norm(DINO_MEAN, DINO_STD), "siglip": norm(SIGLIP_MEAN, SIGLIP_STD)}
 
 
+def unit_to_towers(unit: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """(..., 3, H, W) images in [0, 1] (any dtype, any device) -> resized, tower-normalised pair."""
+    return normalize_for_towers(resize(unit.float(), size))
+
+
 def normalize_action(a: np.ndarray | torch.Tensor, q01, q99):
     """BOUNDS_Q99: map [q01, q99] to [-1, 1] and clip; dimensions with q01 == q99 map to 0."""
     lib = torch if isinstance(a, torch.Tensor) else np
