@@ -77,14 +77,22 @@ def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path,
     return subs
 
 
+#: Views each env family renders: Fetch's head and hand cameras, RGB and depth (MS-HAB: obs_mode rgbd).
+ENV_VIEWS = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
+
+
 def _obs_mode_for(model: str) -> tuple[str, list[str]]:
-    """Render only what the policy needs; a model's views are checked against it before any rollout."""
+    """Render only what the policy needs; a model's views are checked against the env before any rollout."""
     if model in REFERENCE_POLICIES:
         return "rgb+depth+segmentation", []
     from sgvla.eval.policies import load_policy_config
 
     cfg = load_policy_config(model)
     views = list(cfg.views)
+    missing = [v for v in views if v not in ENV_VIEWS]
+    if missing:
+        raise SgvlaError(f"--model {model} needs views {missing} that the env does not render "
+                         f"(it renders {', '.join(ENV_VIEWS)}): evaluate a model trained on those views")
     return ("rgb+depth" if any(v.endswith("depth") for v in views) else "rgb"), views
 
 
