@@ -171,18 +171,19 @@ def views_to_pixels(frames: list[dict[str, np.ndarray]], views: Sequence[str],
 def views_to_unit16(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> torch.Tensor:
     """Decoded frames -> float16 [V, 3, H, W] in [0, 1] at the stored resolution (no resize).
 
-    float16 keeps 11 significant bits: Eq. 1 depth stays ~8x finer than an 8-bit image.
+    float16 keeps 11 significant bits: Eq. 1 depth stays ~8x finer than an 8-bit image. The output
+    is allocated once in float16 and filled per view (depth broadcast to 3 channels on copy), which
+    halves the per-sample cost against stacking float32 copies and converting afterwards.
     """
     planes = torch.from_numpy(unit_planes(frames, views))
-    out, c = [], 0
-    for k in range(len(frames) * len(views)):
-        if VIEW_KIND[views[k % len(views)]] == "rgb":
-            out.append(planes[c:c + 3])
-            c += 3
-        else:
-            out.append(planes[c:c + 1].expand(3, *planes.shape[1:]))
-            c += 1
-    return torch.stack(out).half()
+    n = len(frames) * len(views)
+    out = torch.empty((n, 3, *planes.shape[1:]), dtype=torch.float16)
+    c = 0
+    for k in range(n):
+        width = 3 if VIEW_KIND[views[k % len(views)]] == "rgb" else 1
+        out[k].copy_(planes[c:c + width])  # a 1-channel depth plane broadcasts to 3
+        c += width
+    return out
 
 
 def views_to_pixels_reference(frames: list[dict[str, np.ndarray]], views: Sequence[str],
