@@ -25,21 +25,21 @@ def ray_cluster():
 
 
 def test_expert_succeeds_random_fails_and_reruns_repeat(tmp_path):
-    expert = run_eval("expert", "mini_kitchen", "pick", episodes=4, out=tmp_path / "expert", workers=2)
+    expert = run_eval("expert", "mini_kitchen", "pick", episodes=5, out=tmp_path / "expert", workers=2)
     rate = expert["aggregate"]["per_subtask"]["pick"]["success_rate"]
-    assert rate >= 0.75, expert["episodes"]
-    again = run_eval("expert", "mini_kitchen", "pick", episodes=4, out=tmp_path / "again", workers=2)
+    assert rate >= 0.8, expert["episodes"]
+    again = run_eval("expert", "mini_kitchen", "pick", episodes=5, out=tmp_path / "again", workers=2)
     # Same seeds, same outcomes. (Step counts may differ by a step: PhysX keeps solver state across
     # resets of a reused scene, and which worker replays which seed depends on scheduling.)
     assert [(e["seed"], e["success"]) for e in again["episodes"]] == \
         [(e["seed"], e["success"]) for e in expert["episodes"]]
 
-    rand = run_eval("random", "mini_kitchen", "pick", episodes=4, out=tmp_path / "random", workers=2, max_steps=60)
+    rand = run_eval("random", "mini_kitchen", "pick", episodes=5, out=tmp_path / "random", workers=2, max_steps=60)
     assert rand["aggregate"]["per_subtask"]["pick"]["success_rate"] <= 0.1
     assert all(e["failure"] for e in rand["episodes"])
 
     saved = json.loads((tmp_path / "expert" / "results.json").read_text())
-    assert [e["seed"] for e in saved["episodes"]] == [0, 1, 2, 3]
+    assert [e["seed"] for e in saved["episodes"]] == [0, 1, 2, 3, 4]
     table = (tmp_path / "expert" / "results.md").read_text()
     assert "| Pick | Place | Open | Close | Avg. |" in table
 
