@@ -45,26 +45,26 @@ def _download_hint() -> str:
             "ReplicaCAD ReplicaCADRearrange ycb")
 
 
-def required_paths(task: str, subtasks: tuple[str, ...]) -> list[Path]:
-    """Asset files and folders the rebuilt envs read (scenes, task plans, spawn data, YCB)."""
+def required_paths(task: str, subtasks: tuple[str, ...], split: str = PLAN_SPLIT) -> list[Path]:
+    """Asset files and folders the rebuilt envs of `split` read (scenes, task plans, spawn data, YCB)."""
     base = asset_root() / "scene_datasets" / "replica_cad_dataset"
-    paths = [base / "configs" / "scenes", rearrange_dir() / PLAN_SPLIT / task]
+    paths = [base / "configs" / "scenes", rearrange_dir() / split / task]
     for s in subtasks:
-        paths.append(rearrange_dir() / "task_plans" / task / s / PLAN_SPLIT)
-        paths.append(rearrange_dir() / "spawn_data" / task / s / PLAN_SPLIT / "spawn_data.pt")
+        paths.append(rearrange_dir() / "task_plans" / task / s / split)
+        paths.append(rearrange_dir() / "spawn_data" / task / s / split / "spawn_data.pt")
     if any(s in ("pick", "place") for s in subtasks):
         paths.append(asset_root() / "assets" / "mani_skill2_ycb")
     return paths
 
 
-def check_ready(task: str, subtasks: tuple[str, ...]) -> None:
+def check_ready(task: str, subtasks: tuple[str, ...], split: str = PLAN_SPLIT) -> None:
     """Raise SgvlaError naming the first missing asset (with its download command) or package."""
     root = asset_root()
     if not root.is_dir():
         raise SgvlaError(f"MS-HAB asset dir {root} does not exist (set MS_ASSET_DIR): download the scenes "
                          f"with `{_download_hint()}` and the demos of {MSHAB_DEMO_REPOS[task]} into "
                          f"{default_demos_dir(task)}")
-    for p in required_paths(task, subtasks):
+    for p in required_paths(task, subtasks, split):
         if not p.exists():
             raise SgvlaError(f"MS-HAB asset {p} is missing under MS_ASSET_DIR={root.parent}: download it "
                              f"with `{_download_hint()}`")

@@ -7,7 +7,7 @@ RGB + depth for the policy (MS-HAB's own `make_env` drops RGB, so it is not used
 
 from __future__ import annotations
 
-from sgvla.datagen.mshab import _download_hint, asset_root, rearrange_dir
+from sgvla.datagen.mshab import _download_hint, check_ready, rearrange_dir
 from sgvla.errors import SgvlaError
 
 EVAL_SPLIT = "val"
@@ -22,16 +22,12 @@ def _paths(task: str, subtask: str):
 
 def require_mshab(task: str, subtasks: tuple[str, ...]) -> None:
     """Clear error, before any rollout, when mshab or an asset the val envs read is missing."""
+    check_ready(task, subtasks, split=EVAL_SPLIT)
     for sub in subtasks:
-        for p in _paths(task, sub):
-            if not p.exists():
-                raise SgvlaError(f"evaluating --task {task} needs MS-HAB asset {p} (MS_ASSET_DIR="
-                                 f"{asset_root().parent}): download it with `{_download_hint()}`")
-    try:
-        import mshab.envs  # noqa: F401  (registers the subtask envs)
-    except ImportError as e:
-        raise SgvlaError(f"evaluating --task {task} needs the mshab package ({e}): install it from "
-                         "github.com/arth-shukla/mshab (pip install -e .)") from e
+        plans, _ = _paths(task, sub)
+        if not plans.is_file():
+            raise SgvlaError(f"evaluating --task {task} needs MS-HAB task plans {plans}: download them with "
+                             f"`{_download_hint()}`")
 
 
 def make_mshab_env(task: str, subtask: str, obs_mode: str):
