@@ -180,11 +180,10 @@ def test_masks_cover_the_target_when_in_view_and_are_empty_when_not(built):
 
 
 def test_rerun_resumes_with_nothing_to_redo(built):
+    # Nothing is rewritten (timings belong in bench/, not here).
     before = {s.path: s.path.stat().st_mtime_ns for s in find_shards(built)}
-    t0 = time.time()
     assert _gen(built, episodes_per_shard=2)
     assert {s.path: s.path.stat().st_mtime_ns for s in find_shards(built)} == before
-    assert time.time() - t0 < 30
 
 
 # ---------------------------------------------------------------- crashes
