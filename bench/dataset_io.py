@@ -8,8 +8,9 @@ each group is the schema's current choice (16-bit PNG / 1-bit PNG, zlib level `s
 other rows are ratios against it.
 
 Part 2 (pipeline): samples/s of `SgvlaTorchDataset` through a DataLoader with 2 workers, as a ratio
-to a DataLoader (same workers, batch, order) that only decodes the same image cells of the same
-rows (the limit). Target >= 0.7.
+to a DataLoader (same workers, batch, order, collate = `sgvla.batching.collate`, which
+`make_dataloader` uses) that only decodes the same image cells of the same rows (the limit).
+Target >= 0.7.
 
     .venv/bin/python bench/dataset_io.py [--rows 240] [--images 200] [--dataset DIR]
 """
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image as PILImage
 
+from sgvla.batching import collate
 from sgvla.dataset.layout import find_shards, group_shards
 from sgvla.dataset.schema import IMAGE_SIZE, PNG_LEVEL, encode_depth, encode_mask
 from sgvla.dataset.synthetic import write_synthetic_dataset
@@ -199,7 +201,7 @@ def samples_per_s(dataset, workers: int, batch: int, repeats: int) -> float:
     best = 0.0
     for _ in range(repeats):
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False,
-                                             persistent_workers=False)
+                                             persistent_workers=False, collate_fn=collate)
         it = iter(loader)
         next(it)  # worker start-up is not throughput
         t0 = time.perf_counter()

@@ -154,6 +154,32 @@ def test_dataloader_is_deterministic_with_workers_and_ranks_are_disjoint(root, c
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == len(ds)
 
 
+def _flatten(batch, path=()):
+    for k, v in batch.items():
+        yield from _flatten(v, path + (k,)) if isinstance(v, dict) else [(path + (k,), v)]
+
+
+def test_worker_batches_equal_default_collate_and_cross_as_one_buffer(root, cache):
+    from torch.utils.data import default_collate
+
+    from sgvla.batching import collate
+
+    ds = SgvlaTorchDataset(root, "mini_kitchen", views=("head_rgb", "head_depth"), image_size=S,
+                           cache_dir=cache, pixel_format="unit16")
+    got = dict(_flatten(next(iter(make_dataloader(ds, batch_size=4, num_workers=2, shuffle=False)))))
+    want = dict(_flatten(default_collate([ds[i] for i in range(4)])))
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        if isinstance(v, torch.Tensor):
+            assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+        else:
+            assert got[k] == v, k
+    tensors = [v for v in got.values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) > 10 and len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+    with pytest.raises(SgvlaError, match="cannot batch aux.qpos"):
+        collate([{"aux": {"qpos": torch.zeros(12)}}, {"aux": {"qpos": torch.zeros(11)}}])
+
+
 def test_streaming_yields_the_same_samples(root, cache):
     kw = dict(views=("head_rgb", "hand_depth"), history=1, image_size=S, chunk_size=3)
     mapped = SgvlaTorchDataset(root, "mini_kitchen", cache_dir=cache, **kw)

@@ -452,6 +452,7 @@ def test_compact_unit_pixels_are_resized_on_the_model_side_like_evaluation():
     for s, u in zip(samples, units, strict=True):
         s["pixel_values"] = {"unit": u}
     compact = model.processor.collate(samples)
+    assert compact["pixel_values"]["unit"].dtype == torch.float16  # half the bytes out of the workers
     for s, u in zip(samples, units, strict=True):
         s["pixel_values"] = unit_to_towers(u, model.config.image_size)
     towers = model.processor.collate(samples)

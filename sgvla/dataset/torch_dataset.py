@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
 
+from sgvla.batching import collate
 from sgvla.dataset.layout import find_shards, group_shards
 from sgvla.dataset.schema import ACTION_DIM, MASK_FIELDS, STATS_PATH
 from sgvla.errors import SgvlaError
@@ -178,17 +179,23 @@ def views_to_unit16(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -
     """Decoded frames -> float16 [V, 3, H, W] in [0, 1] at the stored resolution (no resize).
 
     float16 keeps 11 significant bits: Eq. 1 depth stays ~8x finer than an 8-bit image. Values are
-    those of `unit_planes` rounded to float16 (same float32 formulas, tabulated).
+    those of `unit_planes` rounded to float16 (same float32 formulas, tabulated). RGB goes through
+    OpenCV's LUT on the float16 bit patterns and `split` into the planes (3x faster than a numpy
+    gather over the transposed image); depth through `np.take` into the first plane, then copied.
     """
+    import cv2
+
     first = frames[0][views[0]]
     out = np.empty((len(frames) * len(views), 3, first.shape[0], first.shape[1]), dtype=np.float16)
+    bits = out.view(np.uint16)
     k = 0
     for frame in frames:
         for v in views:
             if VIEW_KIND[v] == "rgb":
-                out[k] = _RGB_UNIT16[frame[v].transpose(2, 0, 1)]
-            else:  # the 1-channel depth plane broadcasts to 3
-                out[k] = _DEPTH_UNIT16[frame[v].reshape(out.shape[2:])]
+                cv2.split(cv2.LUT(frame[v], _RGB_UNIT16.view(np.uint16)), list(bits[k]))
+            else:  # one gather, then the plane is replicated to 3 channels
+                np.take(_DEPTH_UNIT16, frame[v].reshape(out.shape[2:]), out=out[k, 0])
+                out[k, 1:] = out[k, 0]
             k += 1
     return torch.from_numpy(out)
 
@@ -442,11 +449,13 @@ class SgvlaTorchDataset(Dataset):
 
 def make_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 2, shuffle: bool = True,
                     seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                    epoch: int = 0) -> DataLoader:
+                    epoch: int = 0, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader whose order depends only on (seed, epoch, rank, world_size).
 
     With world_size > 1 it uses a DistributedSampler (call `loader.sampler.set_epoch(e)` per epoch);
-    otherwise a RandomSampler driven by a generator seeded with seed + epoch.
+    otherwise a RandomSampler driven by a generator seeded with seed + epoch. Batches are stacked
+    by `sgvla.batching.collate` (one shared buffer per batch) unless `collate_fn` is given, e.g.
+    the model processor's `collate`, which also tokenizes.
     """
     if world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
@@ -457,7 +466,7 @@ def make_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 2, shu
     else:
         sampler = None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, persistent_workers=False,
+                      drop_last=drop_last, persistent_workers=False, collate_fn=collate_fn or collate,
                       pin_memory=torch.cuda.is_available())
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sgvla.batching import stack_columns
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.configuration_sgvla import AUX_TARGETS
@@ -129,47 +130,36 @@ class SGVLAProcessor:
             ids.append(p + a)
             labels.append([IGNORE_INDEX] * len(p) + a)
         width = max(map(len, ids))
-        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        label_t = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
-        attn = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, (row, lab) in enumerate(zip(ids, labels, strict=True)):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            label_t[i, : len(lab)] = torch.tensor(lab)
-            attn[i, : len(row)] = 1
-        batch: dict[str, Any] = {
-            "input_ids": input_ids, "attention_mask": attn, "labels": label_t,
-            "pixel_values": {k: self._stack([s["pixel_values"][k] for s in samples], f"pixel_values[{k!r}]")
-                             for k in samples[0]["pixel_values"]},
-            "action": self._stack([s["action"] for s in samples], "action"),
+        cols: dict[tuple[str, ...], list[torch.Tensor]] = {
+            ("input_ids",): [torch.tensor(r + [self.pad_id] * (width - len(r))) for r in ids],
+            ("attention_mask",): [torch.tensor([1] * len(r) + [0] * (width - len(r))) for r in ids],
+            ("labels",): [torch.tensor(r + [IGNORE_INDEX] * (width - len(r))) for r in labels],
+            ("action",): [_float_tensor(s["action"]) for s in samples],
         }
-        self._check_pixels(batch["pixel_values"])
+        for k in samples[0]["pixel_values"]:  # dtype kept: float16 "unit" images stay half the bytes
+            cols[("pixel_values", k)] = [torch.as_tensor(s["pixel_values"][k]) for s in samples]
         if "action_chunk" in samples[0]:
-            chunk = self._stack([s["action_chunk"] for s in samples], "action_chunk")
+            cols[("action_chunk",)] = [_float_tensor(s["action_chunk"]) for s in samples]
+            if samples[0].get("action_chunk_pad") is not None:
+                cols[("action_chunk_pad",)] = [torch.as_tensor(s["action_chunk_pad"]).bool() for s in samples]
+        if "aux" in samples[0]:
+            for k in (k for k in AUX_TARGETS if k in samples[0]["aux"]):
+                cols[("aux", k)] = [_float_tensor(s["aux"][k]) for s in samples]
+                cols[("aux_valid", k)] = [torch.tensor(bool(np.asarray(s.get("aux_valid", {}).get(k, True))))
+                                          for s in samples]
+        batch = stack_columns(cols)
+        self._check_pixels(batch["pixel_values"])
+        if "action_chunk" in batch:
+            chunk = batch["action_chunk"]
             if tuple(chunk.shape[1:]) != (self.config.chunk_size, self.config.action_dim):
                 raise SgvlaError(f"action_chunk is {tuple(chunk.shape[1:])} per sample but the model expects "
                                  f"({self.config.chunk_size}, {self.config.action_dim}): set the pipeline's "
                                  "chunk size to the model's chunk_size")
-            batch["action_chunk"] = chunk
-            pads = [s.get("action_chunk_pad") for s in samples]
-            batch["action_chunk_pad"] = (torch.zeros(chunk.shape[:2], dtype=torch.bool) if pads[0] is None
-                                         else self._stack(pads, "action_chunk_pad").bool())
-        if "aux" in samples[0]:
-            keys = [k for k in AUX_TARGETS if k in samples[0]["aux"]]
-            batch["aux"] = {k: self._stack([s["aux"][k] for s in samples], f"aux[{k!r}]") for k in keys}
-            batch["aux_valid"] = {
-                k: torch.as_tensor([bool(np.asarray(s.get("aux_valid", {}).get(k, True))) for s in samples])
-                for k in keys}
+            if "action_chunk_pad" not in batch:
+                batch["action_chunk_pad"] = torch.zeros(chunk.shape[:2], dtype=torch.bool)
         if "subtask" in samples[0]:
             batch["subtask"] = [s["subtask"] for s in samples]
         return batch
-
-    @staticmethod
-    def _stack(items: list, what: str) -> torch.Tensor:
-        try:
-            return torch.stack([torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-                                for x in items]).float()
-        except (RuntimeError, KeyError, TypeError) as e:
-            raise SgvlaError(f"cannot batch {what}: samples differ in shape or lack it ({e})") from None
 
     def _check_pixels(self, pixels: Mapping[str, torch.Tensor]) -> None:
         c = self.config
@@ -236,3 +226,7 @@ def _checked(array: Any, view: str) -> Any:
         raise SgvlaError(f"observation[{view!r}] has shape {tuple(a.shape)}; expected {want}")
     return a
 
+
+
+def _float_tensor(x: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
