@@ -170,6 +170,9 @@ def test_collate_puts_loss_only_on_action_and_end_tokens():
         assert proc.tokenizer.decode(labels[n - 2: n]) == "<|im_end|><|endoftext|>"
         assert proc.tokenizer.convert_ids_to_tokens(int(action_ids[0])).startswith("<|extra_")
     assert "What action should the robot take to pick up x?" in proc.prompt("Pick up X.")
+    del samples[1]["aux"]["qpos"]
+    with pytest.raises(SgvlaError, match="lacks 'qpos'"):
+        proc.collate(samples)
 
 
 # -- training switches --------------------------------------------------------------------------

@@ -129,24 +129,10 @@ class SGVLAProcessor:
             p, a = self.prompt_ids(s["instruction"]), self.answer_ids(s["action"])
             ids.append(p + a)
             labels.append([IGNORE_INDEX] * len(p) + a)
-        width = max(map(len, ids))
-        cols: dict[tuple[str, ...], list[torch.Tensor]] = {
-            ("input_ids",): [torch.tensor(r + [self.pad_id] * (width - len(r))) for r in ids],
-            ("attention_mask",): [torch.tensor([1] * len(r) + [0] * (width - len(r))) for r in ids],
-            ("labels",): [torch.tensor(r + [IGNORE_INDEX] * (width - len(r))) for r in labels],
-            ("action",): [_float_tensor(s["action"]) for s in samples],
-        }
-        for k in samples[0]["pixel_values"]:  # dtype kept: float16 "unit" images stay half the bytes
-            cols[("pixel_values", k)] = [torch.as_tensor(s["pixel_values"][k]) for s in samples]
-        if "action_chunk" in samples[0]:
-            cols[("action_chunk",)] = [_float_tensor(s["action_chunk"]) for s in samples]
-            if samples[0].get("action_chunk_pad") is not None:
-                cols[("action_chunk_pad",)] = [torch.as_tensor(s["action_chunk_pad"]).bool() for s in samples]
-        if "aux" in samples[0]:
-            for k in (k for k in AUX_TARGETS if k in samples[0]["aux"]):
-                cols[("aux", k)] = [_float_tensor(s["aux"][k]) for s in samples]
-                cols[("aux_valid", k)] = [torch.tensor(bool(np.asarray(s.get("aux_valid", {}).get(k, True))))
-                                          for s in samples]
+        try:
+            cols = self._columns(samples, ids, labels)
+        except KeyError as e:
+            raise SgvlaError(f"samples differ in their keys: one lacks {e} that the first has") from None
         batch = stack_columns(cols)
         self._check_pixels(batch["pixel_values"])
         if "action_chunk" in batch:
@@ -160,6 +146,29 @@ class SGVLAProcessor:
         if "subtask" in samples[0]:
             batch["subtask"] = [s["subtask"] for s in samples]
         return batch
+
+    def _columns(self, samples: Sequence[Mapping[str, Any]], ids: list[list[int]],
+                 labels: list[list[int]]) -> dict[tuple[str, ...], list[torch.Tensor]]:
+        """Per-sample tensors of every batch key, for `stack_columns` (one buffer per batch)."""
+        width = max(map(len, ids))
+        cols: dict[tuple[str, ...], list[torch.Tensor]] = {
+            ("input_ids",): [torch.tensor(r + [self.pad_id] * (width - len(r))) for r in ids],
+            ("attention_mask",): [torch.tensor([1] * len(r) + [0] * (width - len(r))) for r in ids],
+            ("labels",): [torch.tensor(r + [IGNORE_INDEX] * (width - len(r))) for r in labels],
+            ("action",): [_float_tensor(s["action"]) for s in samples],
+        }
+        for k in samples[0]["pixel_values"]:
+            cols[("pixel_values", k)] = [_pixel_tensor(s["pixel_values"][k]) for s in samples]
+        if "action_chunk" in samples[0]:
+            cols[("action_chunk",)] = [_float_tensor(s["action_chunk"]) for s in samples]
+            if samples[0].get("action_chunk_pad") is not None:
+                cols[("action_chunk_pad",)] = [torch.as_tensor(s["action_chunk_pad"]).bool() for s in samples]
+        if "aux" in samples[0]:
+            for k in (k for k in AUX_TARGETS if k in samples[0]["aux"]):
+                cols[("aux", k)] = [_float_tensor(s["aux"][k]) for s in samples]
+                cols[("aux_valid", k)] = [torch.tensor(bool(np.asarray(s.get("aux_valid", {}).get(k, True))))
+                                          for s in samples]
+        return cols
 
     def _check_pixels(self, pixels: Mapping[str, torch.Tensor]) -> None:
         c = self.config
@@ -227,6 +236,11 @@ def _checked(array: Any, view: str) -> Any:
     return a
 
 
-
 def _float_tensor(x: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
+
+
+def _pixel_tensor(x: Any) -> torch.Tensor:
+    """Half floats stay half (the "unit16" format: half the bytes out of DataLoader workers)."""
+    t = torch.as_tensor(x)
+    return t if t.dtype in (torch.float16, torch.bfloat16) else t.float()
