@@ -21,10 +21,10 @@ from sgvla.errors import SgvlaError
 
 _ALIGN = 64  # bytes: every view starts aligned for any dtype (and for vector loads)
 
-Path = tuple[str, ...]
+KeyPath = tuple[str, ...]  # keys from the sample's top level down to a leaf
 
 
-def stack_columns(columns: Mapping[Path, Sequence[torch.Tensor]], into: dict | None = None) -> dict[str, Any]:
+def stack_columns(columns: Mapping[KeyPath, Sequence[torch.Tensor]], into: dict | None = None) -> dict[str, Any]:
     """{key path: per-sample tensors} -> nested dict of [B, ...] tensors, all views of one buffer.
 
     Tensors of a column must agree in shape and dtype (a clear error names the column otherwise).
@@ -59,12 +59,15 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Tensors, numpy arrays and numbers are stacked; strings and anything else become lists.
     """
-    if not samples:
-        raise SgvlaError("collate() got an empty list of samples")
-    columns: dict[Path, list[torch.Tensor]] = {}
+    if not samples or not all(isinstance(s, Mapping) for s in samples):
+        raise SgvlaError("collate() needs a non-empty list of dict samples")
+    columns: dict[KeyPath, list[torch.Tensor]] = {}
     out: dict[str, Any] = {}
     for path, first in _leaves(samples[0]):
-        values = [_get(s, path) for s in samples]
+        try:
+            values = [_get(s, path) for s in samples]
+        except KeyError:
+            raise SgvlaError(f"samples differ in their keys: one lacks {'.'.join(path)}") from None
         if isinstance(first, torch.Tensor | np.ndarray | np.generic | Number):
             columns[path] = [torch.as_tensor(v) for v in values]
             values = None  # placeholder: keeps the sample's key order
@@ -72,7 +75,7 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return stack_columns(columns, into=out)
 
 
-def _leaves(x: Mapping[str, Any], path: Path = ()):
+def _leaves(x: Mapping[str, Any], path: KeyPath = ()):
     for k, v in x.items():
         if isinstance(v, Mapping):
             yield from _leaves(v, path + (k,))
@@ -80,13 +83,13 @@ def _leaves(x: Mapping[str, Any], path: Path = ()):
             yield path + (k,), v
 
 
-def _get(x: Mapping[str, Any], path: Path) -> Any:
+def _get(x: Mapping[str, Any], path: KeyPath) -> Any:
     for k in path:
         x = x[k]
     return x
 
 
-def _put(d: dict[str, Any], path: Path, value: Any) -> None:
+def _put(d: dict[str, Any], path: KeyPath, value: Any) -> None:
     for k in path[:-1]:
         d = d.setdefault(k, {})
     d[path[-1]] = value

@@ -178,6 +178,8 @@ def test_worker_batches_equal_default_collate_and_cross_as_one_buffer(root, cach
     assert len(tensors) > 10 and len({t.untyped_storage().data_ptr() for t in tensors}) == 1
     with pytest.raises(SgvlaError, match="cannot batch aux.qpos"):
         collate([{"aux": {"qpos": torch.zeros(12)}}, {"aux": {"qpos": torch.zeros(11)}}])
+    with pytest.raises(SgvlaError, match="lacks aux.grasp"):
+        collate([{"aux": {"grasp": 1.0}}, {"aux": {}}])
 
 
 def test_streaming_yields_the_same_samples(root, cache):
