@@ -480,6 +480,7 @@ class SgvlaStreamingDataset(IterableDataset):
     undecoded until a sample needs them) and yields its samples through a seeded shuffle buffer.
     Shard order is shuffled with (seed, epoch); DataLoader workers and ranks get disjoint shards
     (`datasets` splits by shard; for ranks use `split_dataset_by_node` through `rank`/`world_size`).
+    Give its DataLoader `collate_fn=sgvla.batching.collate` (as `make_dataloader` does) for speed.
     """
 
     def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
