@@ -31,9 +31,9 @@ from PIL import Image as PILImage
 
 from sgvla.batching import collate
 from sgvla.dataset.layout import find_shards, group_shards
-from sgvla.dataset.schema import IMAGE_SIZE, PNG_LEVEL, encode_depth, encode_mask
+from sgvla.dataset.schema import IMAGE_SIZE, PNG_LEVEL, decode_png, encode_depth, encode_mask
 from sgvla.dataset.synthetic import write_synthetic_dataset
-from sgvla.dataset.torch_dataset import SgvlaTorchDataset, decode_png, tune_worker_process
+from sgvla.dataset.torch_dataset import SgvlaTorchDataset, tune_worker_process
 
 # ---------------------------------------------------------------- render-like frames
 

@@ -14,6 +14,8 @@ from datasets import Features
 from sgvla.dataset.schema import FEATURES, STATS_PATH
 from sgvla.dataset.synthetic import write_synthetic_dataset
 from sgvla.dataset.torch_dataset import (
+    PipelineSpec,
+    SampleBuilder,
     SgvlaStreamingDataset,
     SgvlaTorchDataset,
     decode_png,
@@ -104,9 +106,12 @@ def test_depth_keeps_more_than_8_bits_and_follows_eq1(root, rows, cache):
     np.testing.assert_allclose(p[0].numpy(), 1 - np.tanh(depth_mm / 1000), atol=1e-6)
     assert len(torch.unique(p[0])) > 256
     # 1 mm apart stays apart: an 8-bit image could not separate these levels
-    a, b = np.unravel_index(np.argsort(depth_mm, axis=None)[[5000, 5001]], depth_mm.shape)
-    if depth_mm[a[0], b[0]] != depth_mm[a[1], b[1]]:
-        assert p[0, a[0], b[0]] != p[0, a[1], b[1]]
+    levels = np.unique(depth_mm)
+    steps = np.flatnonzero(np.diff(levels) == 1)
+    assert len(steps), "fixture depth has no two levels 1 mm apart"
+    near, far = levels[steps[0]], levels[steps[0] + 1]
+    a, b = np.argwhere(depth_mm == near)[0], np.argwhere(depth_mm == far)[0]
+    assert p[0, a[0], a[1]] > p[0, b[0], b[1]]  # distinct, and nearer is brighter (Eq. 1)
 
 
 def test_aux_validity_rules(root, cache):
@@ -123,6 +128,27 @@ def test_aux_validity_rules(root, cache):
     nomask = SgvlaTorchDataset(root, "mini_kitchen", views=("head_rgb",), image_size=S, masks=False,
                                cache_dir=cache)[0]
     assert not nomask["aux_valid"]["head_mask"] and torch.count_nonzero(nomask["aux"]["hand_mask"]) == 0
+
+
+def test_a_nan_qpos_is_an_invalid_zeroed_target(rows):
+    spec = PipelineSpec(views=("head_rgb",), image_size=S, chunk_size=2, masks=False)
+    builder = SampleBuilder(spec, [-1.0] * 13, [1.0] * 13)
+    n = 3
+    vec = {"action": np.zeros((n, 13), np.float32), "qpos": np.ones((n, 12), np.float32),
+           "base_pose": np.ones((n, 7), np.float32), "obj_pose": np.ones((n, 7), np.float32),
+           "is_grasped": np.zeros(n, bool)}
+    vec["qpos"][1, 4] = np.nan
+    text = {"instruction": "pick up the bowl", "subtask": "pick", "task": "mini_kitchen"}
+
+    def fetch(fields, idx):
+        return {f: [rows[f][i] for i in idx] for f in fields}
+
+    bad = builder.build(vec, text, 1, 0, n, fetch)
+    assert not bad["aux_valid"]["qpos"]
+    assert bad["aux"]["qpos"].shape == (12,) and torch.count_nonzero(bad["aux"]["qpos"]) == 0
+    assert bad["aux_valid"]["global_pos"] and bad["aux_valid"]["obj_pose"]  # only qpos is affected
+    good = builder.build(vec, text, 0, 0, n, fetch)
+    assert good["aux_valid"]["qpos"] and torch.equal(good["aux"]["qpos"], torch.ones(12))
 
 
 def test_all_configs_by_default(root, cache):

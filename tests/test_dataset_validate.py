@@ -164,6 +164,14 @@ def test_missing_stats_and_card_are_reported_and_the_cli_exits_1(ds):
     assert "stats.json: missing" in res.output and "README.md: missing dataset card" in res.output
 
 
+def test_an_unknown_config_folder_is_reported_not_raised(ds):
+    (ds / CONFIG).rename(ds / "kitchen2")  # e.g. a hand-renamed config
+    problems = validate_dataset(ds)
+    assert any("config 'kitchen2' is not a known task" in p for p in problems), problems
+    res = CliRunner().invoke(app, ["validate", str(ds)])
+    assert res.exit_code == 1 and "kitchen2" in res.output, res.output
+
+
 def test_not_a_dataset_is_a_one_line_error(tmp_path):
     with pytest.raises(SgvlaError, match="no <task>/data"):
         validate_dataset(tmp_path)

@@ -1,28 +1,42 @@
-"""Atomic small-file writes for the dataset's metadata (JSON, README).
+"""Atomic file writes for the dataset (metadata, shards, pictures).
 
 A generator or a user may be killed at any moment; readers must then see either the old file or the
 new one, never half of one, so everything goes through a temporary file in the same folder and
-`os.replace`.
+`os.replace`. `write_atomic` is the one implementation; the others only say what to write.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` via a same-folder temporary file and a rename."""
+def write_atomic(path: Path, write_fn: Callable[[Path], object], fsync: bool = False) -> Path:
+    """Call `write_fn(tmp)` on a same-folder temporary file, then rename it to `path`.
+
+    The temporary name starts with a dot and does not end in the final suffix, so shard discovery
+    (`*.parquet`) never sees a half-written file. `fsync=True` flushes the data to disk before the
+    rename, for large files whose loss after a crash would otherwise go unnoticed (shards).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write_fn(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` via a same-folder temporary file and a rename."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(path: Path, obj) -> Path:

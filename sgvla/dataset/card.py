@@ -140,7 +140,8 @@ def render_card(root: Path, command_line: str, sources: list[str]) -> str:
     stats = read_json(root / STATS_PATH)
     data = card_data(root, (manifest or {}).get("license", DEFAULT_LICENSE))
     configs = [c["config_name"] for c in data.to_dict().get("configs", [])]
-    size = sum(p.stat().st_size for p in root.glob("*/data/*.parquet"))
+    # the shards' bytes as the YAML states them (what `datasets` loads; stray files do not count)
+    size = sum(info.dataset_size or 0 for info in DatasetInfosDict.from_dataset_card_data(data).values())
     body = f"""
 # SG-VLA mobile manipulation dataset
 

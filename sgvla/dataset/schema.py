@@ -120,6 +120,24 @@ def encode_mask(mask: np.ndarray) -> dict:
     return _png(m)
 
 
+def decode_png(cell: dict | bytes) -> np.ndarray:
+    """Inverse of the `encode_*` above: PNG bytes (or an undecoded `Image` cell) -> array.
+
+    RGB gives uint8 HxWx3, depth uint16 millimetres, masks bool.
+    """
+    from PIL import Image as PILImage
+
+    data = cell["bytes"] if isinstance(cell, dict) else cell
+    with PILImage.open(io.BytesIO(data)) as im:
+        return np.array(im)  # a writable copy: torch warns on read-only buffers
+
+
+def pose_present(obj_pose: np.ndarray) -> np.ndarray:
+    """Whether each `obj_pose` (last axis of 7) is a recorded pose: the generator writes all zeros
+    for "no pose", which statistics, validation and the training targets must all leave out."""
+    return np.any(np.asarray(obj_pose) != 0, axis=-1)
+
+
 @dataclass(frozen=True)
 class FieldDoc:
     """Human-readable description of a field for the dataset card."""

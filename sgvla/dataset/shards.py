@@ -8,12 +8,12 @@ writer never leaves a half shard under a final name.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sgvla.dataset.atomic import write_atomic
 from sgvla.dataset.schema import FEATURES, IMAGE_FIELDS
 
 #: Images are already PNG-compressed: a second codec only costs time.
@@ -34,16 +34,11 @@ def rows_to_table(columns: dict[str, list]) -> pa.Table:
 
 def write_shard(path: Path, table: pa.Table, row_group_size: int = 256) -> None:
     """Write `table` to `path` atomically (tmp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         if table.num_rows:
             pq.write_table(table, tmp, row_group_size=row_group_size, compression=_COMPRESSION)
         else:  # all episodes dropped: no row group at all (an empty one breaks `datasets` loading)
             pq.ParquetWriter(tmp, table.schema, compression=_COMPRESSION).close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(path, write, fsync=True)

@@ -32,7 +32,7 @@ import numpy as np
 
 from sgvla.dataset.atomic import write_json_atomic
 from sgvla.dataset.layout import find_shards, read_json, shard_stats_path, stats_path
-from sgvla.dataset.schema import FEATURES, STATS_FIELDS, VECTOR_FIELDS
+from sgvla.dataset.schema import ACTION_DIM, FEATURES, STATS_FIELDS, VECTOR_FIELDS, pose_present
 from sgvla.errors import SgvlaError
 
 #: Rows a shard keeps verbatim for quantiles; above this it keeps this many order statistics.
@@ -51,7 +51,7 @@ def _short(x: np.ndarray) -> list:
 def _field_rows(name: str, values: np.ndarray) -> np.ndarray:
     """Rows that count for `name`'s statistics (all-zero obj_pose rows mean 'no pose')."""
     if name == "obj_pose" and len(values):
-        return values[np.any(values != 0, axis=1)]
+        return values[pose_present(values)]
     return values
 
 
@@ -135,8 +135,6 @@ def _merge_moments(parts: list[dict]) -> tuple[int, np.ndarray, np.ndarray]:
 
 def points_of(part: dict, dim: int) -> np.ndarray:
     """A summary's sorted points as float64 [m, dim] (exact float32 values)."""
-    if "points" in part:  # plain lists, as written by the first version
-        return np.asarray(part["points"], np.float32).reshape(dim, -1).T.astype(np.float64)
     raw = base64.b64decode(part.get("points_f32", ""))
     return np.frombuffer(raw, "<f4").reshape(-1, dim).astype(np.float64)
 
@@ -263,4 +261,17 @@ def load_stats(root_or_file: Path) -> dict:
     st = read_json(p)
     if st is None:
         raise SgvlaError(f"{p} is missing: run `sgvla gen` to finish the folder (it writes the statistics)")
+    return st
+
+
+def require_action_stats(st: dict, where: str | Path) -> dict:
+    """`st` unchanged when it holds the 13-D action q01/q99 that action normalisation needs.
+
+    Anything else (an old or hand-written file) would fail deep inside a DataLoader worker, so it is
+    refused here with the fix; `where` names the file in the message.
+    """
+    action = st.get("action", {}) if isinstance(st, dict) else {}
+    if any(len(action.get(k, [])) != ACTION_DIM for k in ("q01", "q99")):
+        raise SgvlaError(f"{where} has no {ACTION_DIM}-D action q01/q99: regenerate it with `sgvla gen` "
+                         "on the folder")
     return st

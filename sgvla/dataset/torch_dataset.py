@@ -36,7 +36,6 @@ at construction.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,21 +46,38 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from sgvla.batching import collate
 from sgvla.dataset.layout import find_shards, group_shards
-from sgvla.dataset.schema import ACTION_DIM, MASK_FIELDS, STATS_PATH
+from sgvla.dataset.schema import (
+    DEPTH_FIELDS,
+    IMAGE_SIZE,
+    MASK_FIELDS,
+    RGB_FIELDS,
+    STATS_PATH,
+    VECTOR_FIELDS,
+    decode_png,  # noqa: F401 - re-exported: it lived here before moving next to the encoders
+    pose_present,
+)
+from sgvla.dataset.stats import load_stats, require_action_stats
 from sgvla.errors import SgvlaError
-from sgvla.model.transforms import normalize_action, normalize_for_towers, resize, to_unit_image, unit_to_towers
+from sgvla.model.transforms import (
+    depth_to_unit,
+    normalize_action,
+    normalize_for_towers,
+    resize,
+    to_unit_image,
+    unit_to_towers,
+)
 
-VIEW_ORDER = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
+VIEW_ORDER = RGB_FIELDS + DEPTH_FIELDS
 DEFAULT_VIEWS = VIEW_ORDER
-VIEW_KIND = {"head_rgb": "rgb", "hand_rgb": "rgb", "head_depth": "depth", "hand_depth": "depth"}
-AUX_KEYS = ("global_pos", "grasp", "obj_pose", "qpos", "head_mask", "hand_mask")
+VIEW_KIND = {**dict.fromkeys(RGB_FIELDS, "rgb"), **dict.fromkeys(DEPTH_FIELDS, "depth")}
 OBJ_POSE_SUBTASKS = ("pick", "place", "open")
-MASK_SIZE = 128
+MASK_SIZE = IMAGE_SIZE
 #: "towers": the contract above. "unit16": pixel_values = {"unit": float16 [V, 3, H, W]} in [0, 1]
 #: at the dataset's resolution (depth already through Eq. 1); the consumer calls
 #: `unit_to_towers` on its device. 12x fewer bytes per sample through the DataLoader at 224 px.
 PIXEL_FORMATS = ("towers", "unit16")
-_VECTORS = ("action", "qpos", "base_pose", "obj_pose")
+#: The vectors a sample is built from (action targets and aux targets); the world pose is not one.
+_VECTORS = tuple(f for f in VECTOR_FIELDS if f != "obj_pose_world")
 _TABULAR = ("episode_index", "frame_index", "is_grasped", "task", "subtask", "instruction", *_VECTORS)
 
 
@@ -69,7 +85,7 @@ _TABULAR = ("episode_index", "frame_index", "is_grasped", "task", "subtask", "in
 class PipelineSpec:
     """What the model consumes: views, history length, resolution, chunk length, masks."""
 
-    views: tuple[str, ...] = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
+    views: tuple[str, ...] = VIEW_ORDER
     history: int = 0
     image_size: int = 224
     chunk_size: int = 8
@@ -95,19 +111,15 @@ class PipelineSpec:
 # ---------------------------------------------------------------- decoding and sample assembly
 
 
-def decode_png(cell: dict | bytes) -> np.ndarray:
-    """PNG bytes (or an undecoded `Image` cell) -> array: RGB uint8 HxWx3, depth uint16, mask bool."""
-    from PIL import Image as PILImage
-
-    data = cell["bytes"] if isinstance(cell, dict) else cell
-    with PILImage.open(io.BytesIO(data)) as im:
-        return np.array(im)  # a writable copy: torch warns on read-only buffers
+#: Eq. 1 for every 16-bit millimetre value, from its one definition (`transforms.depth_to_unit`):
+#: a gather replaces per-pixel tanh, and the fast paths cannot drift from what evaluation runs.
+_DEPTH_UNIT = depth_to_unit(torch.arange(65536)).numpy()
 
 
 def unit_planes(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> np.ndarray:
     """Decoded views -> float32 planes [C, H, W] in [0, 1]: 3 per RGB view, 1 per depth view.
 
-    Depth uses Eq. 1 (as `transforms.depth_to_unit`) on the exact 16-bit millimetres; it is
+    Depth is looked up in `_DEPTH_UNIT` (Eq. 1) by its exact 16-bit millimetres; it is
     replicated to 3 channels only after resizing, which saves resizing two copies.
     """
     planes = []
@@ -116,7 +128,7 @@ def unit_planes(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> np
             if VIEW_KIND[v] == "rgb":
                 planes.append(frame[v].transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255))
             else:
-                planes.append((1.0 - np.tanh(frame[v].astype(np.float32) / np.float32(1000.0)))[None])
+                planes.append(np.take(_DEPTH_UNIT, frame[v])[None])
     return np.concatenate(planes, axis=0)
 
 
@@ -172,14 +184,14 @@ def views_to_pixels(frames: list[dict[str, np.ndarray]], views: Sequence[str],
 #: Eq. 1 and the RGB scaling as float16 lookup tables: one gather per view replaces the float32
 #: arithmetic (and tanh) plus the conversion, the bulk of a sample's work after PNG decoding.
 _RGB_UNIT16 = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float16)
-_DEPTH_UNIT16 = (1.0 - np.tanh(np.arange(65536, dtype=np.float32) / np.float32(1000.0))).astype(np.float16)
+_DEPTH_UNIT16 = _DEPTH_UNIT.astype(np.float16)
 
 
 def views_to_unit16(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> torch.Tensor:
     """Decoded frames -> float16 [V, 3, H, W] in [0, 1] at the stored resolution (no resize).
 
     float16 keeps 11 significant bits: Eq. 1 depth stays ~8x finer than an 8-bit image. Values are
-    those of `unit_planes` rounded to float16 (same float32 formulas, tabulated). RGB goes through
+    those of `unit_planes` rounded to float16 (the same tables). RGB goes through
     OpenCV's LUT on the float16 bit patterns and `split` into the planes (3x faster than a numpy
     gather over the transposed image); depth through `np.take` into the first plane, then copied.
     """
@@ -211,11 +223,10 @@ def views_to_pixels_reference(frames: list[dict[str, np.ndarray]], views: Sequen
     return normalize_for_towers(resize(torch.stack(unit), size))
 
 
-def aux_validity(subtask: str, obj_pose: np.ndarray, values: dict[str, np.ndarray],
-                 masks: bool) -> dict[str, bool]:
+def aux_validity(subtask: str, values: dict[str, np.ndarray], masks: bool) -> dict[str, bool]:
     """Per-target validity (rules in the module doc)."""
     valid = {k: bool(np.all(np.isfinite(v))) for k, v in values.items()}
-    valid["obj_pose"] &= subtask in OBJ_POSE_SUBTASKS and bool(np.any(obj_pose != 0))
+    valid["obj_pose"] &= subtask in OBJ_POSE_SUBTASKS and bool(pose_present(values["obj_pose"]))
     for k in ("head_mask", "hand_mask"):
         valid[k] &= masks
     return valid
@@ -239,10 +250,11 @@ class SampleBuilder:
               fetch: Callable[[Sequence[str], list[int]], dict[str, list]]) -> dict:
         spec = self.spec
         hist, chunk, pad = self.rows_for(t, start, end)
-        need = sorted(set(hist) | {t})
+        need = sorted(set(hist))  # history slots clamped at the episode start repeat a row; t is the last
         cells = fetch(spec.image_fields(), need)
         pos = {r: i for i, r in enumerate(need)}
-        frames = [{v: decode_png(cells[v][pos[r]]) for v in spec.views} for r in hist]
+        decoded = {r: {v: decode_png(cells[v][pos[r]]) for v in spec.views} for r in need}
+        frames = [decoded[r] for r in hist]
         actions = normalize_action(vec["action"][chunk].astype(np.float32), self.q01, self.q99)
         aux = {
             "global_pos": vec["base_pose"][t, :2].astype(np.float32),
@@ -253,7 +265,7 @@ class SampleBuilder:
         for m in MASK_FIELDS:
             aux[m] = (decode_png(cells[m][pos[t]]).astype(np.float32) if spec.masks
                       else np.zeros((MASK_SIZE, MASK_SIZE), np.float32))
-        valid = aux_validity(text["subtask"], aux["obj_pose"], aux, spec.masks)
+        valid = aux_validity(text["subtask"], aux, spec.masks)
         aux = {k: torch.as_tensor(np.asarray(v, np.float32)) if valid[k] else torch.zeros(np.shape(v))
                for k, v in aux.items()}
         return {
@@ -323,8 +335,6 @@ def resolve_configs(source: str | Path, configs: str | Sequence[str] | None) -> 
 
 def load_stats_for(source: str | Path, stats: dict | str | Path | None, revision: str | None = None) -> dict:
     """Normalisation statistics: a dict, a JSON file, or the dataset's own meta/stats.json."""
-    import json
-
     if isinstance(stats, dict):
         return stats
     if stats is not None:
@@ -339,13 +349,7 @@ def load_stats_for(source: str | Path, stats: dict | str | Path | None, revision
         except Exception as e:  # noqa: BLE001 - offline, missing repo, missing file: one message
             raise SgvlaError(f"cannot fetch {STATS_PATH} of Hub dataset {source} ({type(e).__name__}): "
                              "check the repo id and network, or pass stats=<path to stats.json>") from e
-    if not path.exists():
-        raise SgvlaError(f"{path} is missing: run `sgvla gen` to finish the dataset, "
-                         "or pass stats=<stats.json>")
-    st = json.loads(path.read_text())
-    if len(st.get("action", {}).get("q01", [])) != ACTION_DIM:
-        raise SgvlaError(f"{path} has no 13-D action q01/q99: regenerate it with `sgvla gen` on the folder")
-    return st
+    return require_action_stats(load_stats(path), path)
 
 
 def _load_hf(source: str | Path, config: str, split: str, revision: str | None, cache_dir: str | None):
@@ -384,7 +388,8 @@ class SgvlaTorchDataset(Dataset):
     """Map-style dataset over one split of one or more configs (see the module doc for samples).
 
     `source` is a dataset folder or a Hub repo id; `stats` a dict / stats.json path (default:
-    the dataset's meta/stats.json).
+    the dataset's meta/stats.json). `seed` is accepted for callers that pass one (sgvla.train) but
+    unused: samples have no randomness, the sampler shuffles (`make_dataloader`).
     """
 
     def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
@@ -396,7 +401,6 @@ class SgvlaTorchDataset(Dataset):
 
         self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks, pixel_format)
         self.spec.check()
-        self.seed = seed
         self.stats = load_stats_for(source, stats, revision)
         parts = []
         for config in resolve_configs(source, configs):
@@ -428,11 +432,6 @@ class SgvlaTorchDataset(Dataset):
     def subtasks(self) -> np.ndarray:
         """Subtask name of every row (str array), e.g. to select rows for a sampler without decoding."""
         return self._subtask
-
-    @property
-    def tasks(self) -> np.ndarray:
-        """Task (config) name of every row."""
-        return self._task
 
     def _fetch(self, fields: Sequence[str], rows: list[int]) -> dict[str, list]:
         return self._images[rows]
@@ -563,11 +562,6 @@ class SgvlaStreamingDataset(IterableDataset):
         yield from buf
 
 
-def num_views(spec: PipelineSpec) -> int:
-    """V in pixel_values [V, 3, S, S]."""
-    return (spec.history + 1) * len(spec.views)
-
-
 __all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader", "decode_png",
-           "views_to_pixels", "aux_validity", "num_views", "VIEW_ORDER", "AUX_KEYS", "OBJ_POSE_SUBTASKS",
+           "views_to_pixels", "aux_validity", "VIEW_ORDER", "OBJ_POSE_SUBTASKS",
            "PIXEL_FORMATS", "unit_to_towers", "views_to_unit16", "tune_worker_process"]

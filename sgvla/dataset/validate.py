@@ -34,7 +34,6 @@ from tqdm import tqdm
 from sgvla.dataset.layout import (
     CARD_PATH,
     Shard,
-    find_shards,
     group_shards,
     read_json,
     require_dataset,
@@ -51,6 +50,7 @@ from sgvla.dataset.schema import (
     STATS_FIELDS,
     STATS_PATH,
     VECTOR_FIELDS,
+    pose_present,
 )
 from sgvla.dataset.stats import EXACT_ROWS, QUANTILES
 from sgvla.errors import SgvlaError
@@ -70,19 +70,28 @@ def validate_dataset(path: Path) -> list[str]:
     shards = require_dataset(root)
     problems = _check_layout(root, shards)
     tables: dict[Path, pa.Table] = {}
+    num_rows: dict[Path, int] = {}  # per readable shard, from its footer (read once per shard)
     for shard in shards:
-        schema_problems = _check_schema(shard)
-        problems += schema_problems
-        if not schema_problems:
-            tables[shard.path] = pq.read_table(shard.path, columns=TABULAR_FIELDS)
+        try:
+            pf = pq.ParquetFile(shard.path)
+        except (pa.ArrowException, OSError) as e:
+            problems.append(f"{shard.path}: not a readable Parquet file ({e})")
+            continue
+        with pf:
+            num_rows[shard.path] = pf.metadata.num_rows
+            schema_problems = _check_schema(shard, pf)
+            problems += schema_problems
+            if not schema_problems:
+                tables[shard.path] = pf.read(columns=TABULAR_FIELDS)
     for config, splits in group_shards(shards).items():
         for split, group in splits.items():
             readable = [(s, tables[s.path]) for s in group if s.path in tables]
             problems += _check_episodes(config, split, readable)
-    problems += _check_all_images([s for s in shards if s.path in tables])
+    readable = [s for s in shards if s.path in tables]
+    problems += _check_all_images(readable, sum(num_rows[s.path] for s in readable))
     problems += _check_shard_stats(root, shards, tables)
     problems += _check_stats(root, shards, tables)
-    problems += _check_card(root, shards)
+    problems += _check_card(root, shards, num_rows)
     return problems
 
 
@@ -114,11 +123,8 @@ def _check_layout(root: Path, shards: list[Shard]) -> list[str]:
     return problems
 
 
-def _check_schema(shard: Shard) -> list[str]:
-    try:
-        schema = pq.read_schema(shard.path)
-    except (pa.ArrowException, OSError) as e:
-        return [f"{shard.path}: not a readable Parquet file ({e})"]
+def _check_schema(shard: Shard, pf: pq.ParquetFile) -> list[str]:
+    schema = pf.schema_arrow
     want = FEATURES.arrow_schema
     problems = []
     names, want_names = set(schema.names), set(want.names)
@@ -129,7 +135,7 @@ def _check_schema(shard: Shard) -> list[str]:
         if f.name in names and schema.field(f.name).type != f.type:
             problems.append(f"{shard.path}: column {f.name!r} has type {schema.field(f.name).type}, "
                             f"the schema says {f.type}")
-    meta_data = pq.ParquetFile(shard.path).metadata
+    meta_data = pf.metadata
     if any(meta_data.row_group(i).num_rows == 0 for i in range(meta_data.num_row_groups)):
         problems.append(f"{shard.path}: holds an empty row group, which `datasets` cannot load; rewrite it "
                         "with sgvla.dataset.shards.write_shard")
@@ -182,7 +188,7 @@ def _check_episode_rows(shard: Shard, config: str, t: pa.Table) -> list[str]:
     if not np.array_equal(order, np.arange(len(ep))):
         problems.append(f"{shard.path}: rows are not sorted by (episode_index, frame_index)")
     tasks = set(_np(t, "task").tolist())
-    if tasks - {FEATURES["task"].str2int(config)} and config in TASKS:
+    if config in TASKS and tasks - {FEATURES["task"].str2int(config)}:  # unknown configs: _check_layout
         names = sorted(FEATURES["task"].int2str(int(i)) for i in tasks)
         problems.append(f"{shard.path}: task column holds {names}, the config is {config!r}")
     ts = _np(t, "timestamp")
@@ -258,10 +264,10 @@ def check_shard_images(path: Path) -> list[str]:
             for (field, err), rows in found.items()]
 
 
-def _check_all_images(shards: list[Shard]) -> list[str]:
+def _check_all_images(shards: list[Shard], rows: int) -> list[str]:
+    """Images of `shards` (`rows` in all), in worker processes when there are many."""
     paths = [s.path for s in shards]
     workers = min(len(paths), os.cpu_count() or 1)
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     bar = dict(total=len(paths), desc="checking images", unit="shard", disable=rows < 5000)
     if workers <= 1 or rows < 5000:
         return [p for path in tqdm(paths, **bar) for p in check_shard_images(path)]
@@ -293,7 +299,7 @@ def _recompute(tables: list[pa.Table]) -> dict[str, np.ndarray]:
     out = {}
     for name in STATS_FIELDS:
         x = np.concatenate([_np(t, name) for t in tables]).astype(np.float64)
-        out[name] = x[np.any(x != 0, axis=1)] if name == "obj_pose" else x
+        out[name] = x[pose_present(x)] if name == "obj_pose" else x
     return out
 
 
@@ -343,7 +349,7 @@ def _check_stats(root: Path, shards: list[Shard], tables: dict[Path, pa.Table]) 
     return problems
 
 
-def _check_card(root: Path, shards: list[Shard]) -> list[str]:
+def _check_card(root: Path, shards: list[Shard], num_rows: dict[Path, int]) -> list[str]:
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard
@@ -366,7 +372,9 @@ def _check_card(root: Path, shards: list[Shard]) -> list[str]:
             problems.append(f"{p}: features of {config!r} differ from the schema")
         card_splits = infos[config].splits or {}
         for split, group in splits.items():
-            rows = sum(pq.ParquetFile(s.path).metadata.num_rows for s in group)
+            if any(s.path not in num_rows for s in group):
+                continue  # an unreadable shard is reported already; its rows are unknown
+            rows = sum(num_rows[s.path] for s in group)
             have = card_splits[split].num_examples if split in card_splits else None
             if have != rows:
                 problems.append(f"{p}: {config}/{split} num_examples {have} != {rows} rows on disk "
@@ -374,4 +382,4 @@ def _check_card(root: Path, shards: list[Shard]) -> list[str]:
     return problems
 
 
-__all__ = ["validate_dataset", "check_shard_images", "find_shards"]
+__all__ = ["validate_dataset", "check_shard_images"]

@@ -8,16 +8,15 @@ rate. Both are written atomically.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sgvla.dataset.atomic import write_atomic
 from sgvla.dataset.layout import group_shards, require_dataset
-from sgvla.dataset.schema import FEATURES, FPS
-from sgvla.dataset.torch_dataset import decode_png
+from sgvla.dataset.schema import FEATURES, FPS, decode_png
 from sgvla.errors import SgvlaError
 
 SHEET_FRAMES = 8
@@ -47,10 +46,13 @@ def load_episode(root: Path, episode: int, config: str | None, split: str) -> di
 
 
 def depth_colour(depth_mm: np.ndarray) -> np.ndarray:
-    """uint16 millimetres -> uint8 RGB via Eq. 1 (1 - tanh(d / 1000)) and the viridis colour map."""
+    """uint16 millimetres -> uint8 RGB via Eq. 1 (`transforms.depth_to_unit`) and the viridis colour map."""
+    import torch
     from matplotlib import colormaps
 
-    p = 1.0 - np.tanh(depth_mm.astype(np.float32) / 1000.0)
+    from sgvla.model.transforms import depth_to_unit
+
+    p = depth_to_unit(torch.from_numpy(depth_mm.astype(np.int32))).numpy()
     return (colormaps["viridis"](p)[..., :3] * 255).astype(np.uint8)
 
 
@@ -81,17 +83,6 @@ def _title(cols: dict[str, list], config: str, split: str) -> str:
     ok = "success" if cols["success"][-1] else "no success"
     return (f"{config}/{split} episode {cols['episode_index'][0]} - {sub}: \"{cols['instruction'][0]}\" - "
             f"{len(cols['frame_index'])} steps ({len(cols['frame_index']) / FPS:.1f} s), {ok}")
-
-
-def _save_atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def contact_sheet(cols: dict[str, list], title: str, out: Path) -> Path:
@@ -138,7 +129,7 @@ def contact_sheet(cols: dict[str, list], title: str, out: Path) -> Path:
     ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     try:
-        return _save_atomic(out, lambda p: fig.savefig(p, dpi=80, format="png"))
+        return write_atomic(out, lambda p: fig.savefig(p, dpi=80, format="png"))
     finally:
         plt.close(fig)
 
@@ -154,7 +145,7 @@ def animation(cols: dict[str, list], out: Path) -> Path:
         frames[0].save(p, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / FPS),
                        loop=0)
 
-    return _save_atomic(out, write)
+    return write_atomic(out, write)
 
 
 def visualize_episode(path: Path, episode: int = 0, config: str | None = None, split: str = "train",
