@@ -22,7 +22,7 @@ from sgvla.model import (
     SGVLAForActionPrediction,
     build_byte_tokenizer,
 )
-from sgvla.model.transforms import normalize_for_towers
+from sgvla.model.transforms import normalize_for_towers, unnormalize_action
 
 STATS = {"mean": [0.0] * 13, "std": [1.0] * 13, "min": [-3.0] * 13, "max": [3.0] * 13,
          "q01": [-2.0 + 0.1 * i for i in range(13)], "q99": [1.0 + 0.2 * i for i in range(13)]}
@@ -254,21 +254,58 @@ def test_padded_chunk_steps_do_not_count_in_the_flow_loss():
         pad[0, 5:] = True
         pad[1, 2:] = True
         x_t = t.view(-1, 1, 1) * noise + (1 - t.view(-1, 1, 1)) * actions
-        v = model.expert.velocity(x_t, t, kv, pmask, plen, model._rotary)
+        v = model.expert.velocity(x_t, t, kv, pmask, plen, model.llm.model.rotary_emb)
         per_step = ((v - (noise - actions)) ** 2).mean(-1)
-        loss = model.expert.loss(actions, pad, kv, pmask, plen, model._rotary, noise=noise, t=t)
+        loss = model.expert.loss(actions, pad, kv, pmask, plen, model.llm.model.rotary_emb, noise=noise, t=t)
     torch.testing.assert_close(loss, per_step[~pad].mean())
     assert not torch.allclose(loss, per_step.mean())
 
 
+def test_token_accuracy_is_argmax_agreement_on_action_tokens():
+    model = tiny(views=["head_rgb"], aux_decoders=[]).eval()
+    assert model.config.action_token_begin == 259  # fixed at construction, not on first processor use
+    batch = make_batch(model, 2)
+    with torch.no_grad():
+        out = model(**batch, compute=["action"])
+        emb, attn, _ = model._assemble(batch["input_ids"], batch["attention_mask"],
+                                       model.encode_images(batch["pixel_values"]))
+        logits = model.llm(inputs_embeds=emb, attention_mask=attn).logits
+    n_img, length = emb.shape[1] - batch["input_ids"].shape[1], batch["input_ids"].shape[1]
+    pred = logits[:, n_img: n_img + length - 1].argmax(-1)  # predictions of text positions 1..L-1
+    target = batch["labels"][:, 1:]
+    is_act = model.action_tokenizer.is_action(target)
+    assert 0.0 <= out.token_accuracy.item() <= 1.0
+    torch.testing.assert_close(out.token_accuracy, (pred[is_act] == target[is_act]).float().mean())
+    labels = batch["labels"].clone()
+    sel = target != -100
+    labels[:, 1:][sel] = pred[sel]
+    assert model.action_tokenizer.is_action(labels).sum() > 0
+    with torch.no_grad():
+        assert model(**{**batch, "labels": labels}, compute=["action"]).token_accuracy.item() == 1.0
+
+
 # -- decoding -----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def uncached_greedy_action_tokens(model, pixels, ids):
+    """Reference for `decode_action_tokens`: the whole sequence re-run for every new token."""
+    embeds = model._inference_inputs(pixels, ids)
+    tokens, logits = [], []
+    for _ in range(model.config.action_dim):
+        hidden = model.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        nxt, lg = model._best_action_token(hidden[:, -1])
+        tokens.append(nxt)
+        logits.append(lg)
+        embeds = torch.cat([embeds, model.llm.get_input_embeddings()(nxt).unsqueeze(1)], dim=1)
+    return torch.stack(tokens, dim=1), torch.stack(logits, dim=1)
+
 
 def test_cached_decoding_equals_uncached_and_generate():
     model = tiny(views=["head_rgb", "hand_depth"], history=1, text_config={"initializer_range": 0.2}).eval()
     pixels = make_batch(model, 2)["pixel_values"]
     ids = torch.tensor([model.processor.prompt_ids("pick up the bowl")] * 2)
     cached, logits_c = model.decode_action_tokens(pixels, ids, return_logits=True)
-    plain, logits_p = model.decode_action_tokens(pixels, ids, use_cache=False, return_logits=True)
+    plain, logits_p = uncached_greedy_action_tokens(model, pixels, ids)
     assert cached.shape == (2, 13) and len(set(cached[0].tolist())) > 3
     assert torch.equal(cached, plain)
     torch.testing.assert_close(logits_c, logits_p, atol=1e-4, rtol=1e-4)
@@ -290,6 +327,9 @@ def test_predict_action_modes_and_unnormalisation():
     flow2 = model.predict_action(obs, "pick up the bowl", mode="flow", generator=g2)
     assert flow1.mode == "flow" and np.array_equal(flow1.chunk, flow2.chunk)
     assert (flow1.chunk >= q01 - 1e-5).all() and (flow1.chunk <= q99 + 1e-5).all()
+    assert flow1.normalized_chunk.shape == (8, 13) and np.abs(flow1.normalized_chunk).max() <= 1.0
+    np.testing.assert_allclose(flow1.chunk, unnormalize_action(flow1.normalized_chunk.astype(np.float64), q01, q99),
+                               rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(flow1.execute, flow1.chunk[:2])
     model.config.subtask_modes["pick"] = "tokens"
     assert model.predict_action(obs, "pick up the bowl", subtask="pick").mode == "tokens"
@@ -337,7 +377,7 @@ def test_flow_expert_learns_a_toy_target_and_sampling_reproduces_it():
     opt = torch.optim.Adam(model.expert.parameters(), lr=3e-3)
     losses = []
     for _ in range(400):
-        loss = model.expert.loss(chunk, None, kv, pmask.repeat(rep, 1), plen.repeat(rep), model._rotary)
+        loss = model.expert.loss(chunk, None, kv, pmask.repeat(rep, 1), plen.repeat(rep), model.llm.model.rotary_emb)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -350,6 +390,30 @@ def test_flow_expert_learns_a_toy_target_and_sampling_reproduces_it():
         x = model.sample_action_chunk(pixels, ids, generator=torch.Generator().manual_seed(1))[0].numpy()
         err_own, err_other = np.abs(x - targets[i]).mean(), np.abs(x - targets[1 - i]).mean()
         assert err_own < 0.25 and err_own < 0.5 * err_other, (err_own, err_other)
+
+
+def test_sampling_equals_an_euler_loop_over_velocity():
+    """`sample` prepares the constant parts once; it must match the plain loop over `velocity`."""
+    model = tiny(views=["head_rgb"], aux_decoders=[]).eval()
+    batch = make_batch(model, 2)
+    with torch.no_grad():
+        emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
+                                            model.encode_images(batch["pixel_values"]), batch["labels"])
+        plen, pmask = model._prefix_extent(attn, labels)
+        kv = [(layer.keys, layer.values) for layer in model._llm_prefix_cache(emb, attn).past_key_values.layers]
+    assert not pmask.all()  # the answer tokens in the cache are masked out
+    rotary, steps = model.llm.model.rotary_emb, 5
+    noise = torch.randn(2, model.config.chunk_size, model.config.action_dim, generator=torch.Generator().manual_seed(3))
+    for mask in (pmask, None):
+        x = noise.clone()
+        with torch.no_grad():
+            for i in range(steps):
+                t = torch.full((2,), 1.0 - i / steps)
+                x = x - model.expert.velocity(x, t, kv, mask, plen, rotary) / steps
+        torch.testing.assert_close(model.expert.sample(kv, mask, plen, rotary, noise, steps), x, rtol=0, atol=0)
+    ones = torch.ones_like(pmask)
+    torch.testing.assert_close(model.expert.sample(kv, None, plen, rotary, noise, steps),
+                               model.expert.sample(kv, ones, plen, rotary, noise, steps))
 
 
 # -- persistence and errors ---------------------------------------------------------------------

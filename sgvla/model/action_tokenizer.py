@@ -17,19 +17,17 @@ from sgvla.errors import SgvlaError
 class ActionTokenizer:
     """Maps normalised actions in [-1, 1] to token ids and back."""
 
-    def __init__(self, begin: int, n_bins: int = 256, low: float = -1.0, high: float = 1.0):
+    low, high = -1.0, 1.0
+
+    def __init__(self, begin: int, n_bins: int = 256):
         self.begin = int(begin)
         self.n_bins = int(n_bins)
-        self.low, self.high = float(low), float(high)
         self.width = (self.high - self.low) / self.n_bins
 
     @property
     def end(self) -> int:
         """One past the last action token id."""
         return self.begin + self.n_bins
-
-    def bin_centers(self) -> torch.Tensor:
-        return self.low + (torch.arange(self.n_bins, dtype=torch.float64) + 0.5) * self.width
 
     def to_bins(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Bin index (long) of each value; values outside [low, high] go to the end bins."""

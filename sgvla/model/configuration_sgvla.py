@@ -85,7 +85,7 @@ class SGVLAConfig(PreTrainedConfig):
     views of frame t-k, ..., all views of frame t), views in this order.
     Actions: `action_dim` dims, each discretised into `n_action_bins` bins on [-1, 1] and mapped to
     the token ids `action_token_begin ...+n_action_bins-1` (the tokenizer's `<|extra_i|>`; set
-    from the tokenizer when the model's processor is first built, then saved with the checkpoint).
+    from the tokenizer when the model is built, then saved with the checkpoint).
     Flow expert: `use_flow_expert`, `chunk_size` H, `flow_steps` Euler steps, `execute_steps` of the
     chunk run open-loop; expert width `expert_hidden_size` with the LLM's depth and head geometry.
     Auxiliary decoders: `aux_decoders` (subset of `AUX_NAMES`), `aux_weights`, `aux_detach` (decoders
@@ -206,6 +206,11 @@ class SGVLAConfig(PreTrainedConfig):
         return self.n_frames * len(self.views)
 
     @property
+    def pixel_shape(self) -> tuple[int, int, int, int]:
+        """Per-sample shape of each tower's pixel tensor: (V, 3, image_size, image_size)."""
+        return (self.n_images, 3, self.image_size, self.image_size)
+
+    @property
     def grid_size(self) -> int:
         return self.image_size // self.dino_config.patch_size
 
@@ -230,18 +235,6 @@ class SGVLAConfig(PreTrainedConfig):
     def image_index(self, frame: int, view: str) -> int:
         """Position of (frame, view) among the V images; frame 0 is the oldest, `history` the current."""
         return frame * len(self.views) + self.views.index(view)
-
-    def shape_signature(self) -> dict[str, Any]:
-        """What parameter shapes depend on: two configs with equal signatures load each other's weights."""
-        return {
-            "dino": (self.dino_config.hidden_size, self.dino_config.num_hidden_layers),
-            "siglip": (self.siglip_config.hidden_size, self.siglip_config.num_hidden_layers),
-            "llm": (self.text_config.hidden_size, self.text_config.num_hidden_layers,
-                    self.text_config.vocab_size),
-            "aux_decoders": sorted(self.aux_decoders), "use_flow_expert": self.use_flow_expert,
-            "mask_cameras": self.mask_cameras if "mask" in self.aux_decoders else (),
-            "action_dim": self.action_dim,
-        }
 
     # -- presets ----------------------------------------------------------------------------
     @classmethod

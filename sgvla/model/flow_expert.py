@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -71,20 +72,35 @@ class ExpertLayer(nn.Module):
         self.post_attention_layernorm = Qwen2RMSNorm(w, eps=cfg.rms_norm_eps)
         self.mlp = Qwen2MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, prefix_k: torch.Tensor,
-                prefix_v: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                values: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """`keys`/`values` (B, n_heads, P + n, D): this layer's prefix K/V, already expanded to the
+        query heads, followed by n slots that this call fills with the action tokens' K/V. Sampling
+        reuses the same buffers at every Euler step instead of concatenating and expanding anew."""
         b, n, _ = x.shape
         h = self.input_layernorm(x)
         q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        k = torch.cat([prefix_k.to(k.dtype), k], dim=2)
-        v = torch.cat([prefix_v.to(v.dtype), v], dim=2)
         groups = self.n_heads // self.n_kv
-        out = F.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask=attn_mask)
+        keys[:, :, -n:] = repeat_kv(k, groups)
+        values[:, :, -n:] = repeat_kv(v, groups)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
         x = x + self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+@dataclass
+class _Context:
+    """What stays constant across the denoising steps of one `sample` call (or one `velocity` call):
+    RoPE tables of the action positions, the attention mask (None: every key is visible) and per
+    layer the (keys, values) buffers described in `ExpertLayer.forward`."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class FlowMatchingExpert(nn.Module):
@@ -103,22 +119,42 @@ class FlowMatchingExpert(nn.Module):
         self.action_out = nn.Linear(w, a)
         self.time_beta = list(config.flow_time_beta)
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: PrefixKV, prefix_mask: torch.Tensor,
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: PrefixKV, prefix_mask: torch.Tensor | None,
                  prefix_len: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-        """v(x_t, t | prefix). prefix_mask (B, P) marks the prefix keys to attend; prefix_len (B,) is
-        the number of valid prefix tokens (action positions continue from there)."""
-        b, n, _ = x_t.shape
+        """v(x_t, t | prefix). prefix_mask (B, P) marks the prefix keys to attend (None: all of them);
+        prefix_len (B,) is the number of valid prefix tokens (action positions continue from there)."""
+        h = self._embed(x_t, t)
+        return self._run(h, self._context(h, prefix_kv, prefix_mask, prefix_len, rotary))
+
+    def _embed(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Action tokens (B, H, width): noisy actions fused with the flow-time embedding."""
         dtype = self.action_in.weight.dtype
-        te = time_embedding(t, self.width).to(dtype).unsqueeze(1).expand(-1, n, -1)
+        te = time_embedding(t, self.width).to(dtype).unsqueeze(1).expand(-1, x_t.shape[1], -1)
         x = self.action_in(x_t.to(dtype))
-        x = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([x, te], dim=-1))))
-        positions = prefix_len.to(x.device).long().unsqueeze(1) + torch.arange(n, device=x.device)
-        cos, sin = rotary(x, positions)
-        keep = torch.cat([prefix_mask.bool(), prefix_mask.new_ones(b, n, dtype=torch.bool)], dim=1)
-        mask = keep[:, None, None, :].expand(b, 1, n, keep.shape[1])
-        for layer, (pk, pv) in zip(self.layers, prefix_kv, strict=True):
-            x = layer(x, cos, sin, pk, pv, mask)
-        return self.action_out(self.norm(x)).float()
+        return self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([x, te], dim=-1))))
+
+    def _context(self, h: torch.Tensor, prefix_kv: PrefixKV, prefix_mask: torch.Tensor | None,
+                 prefix_len: torch.Tensor, rotary: Rotary) -> _Context:
+        """The step-independent inputs of the layers. The K/V buffers take `h`'s dtype, which is
+        the dtype the layers' projections produce (also under autocast)."""
+        b, n, _ = h.shape
+        positions = prefix_len.to(h.device).long().unsqueeze(1) + torch.arange(n, device=h.device)
+        cos, sin = rotary(h, positions)
+        mask = None
+        if prefix_mask is not None:
+            keep = torch.cat([prefix_mask.bool(), prefix_mask.new_ones(b, n, dtype=torch.bool)], dim=1)
+            mask = keep[:, None, None, :].expand(b, 1, n, keep.shape[1])
+        kv = []
+        for layer, pair in zip(self.layers, prefix_kv, strict=True):
+            groups = layer.n_heads // layer.n_kv
+            tail = h.new_empty(b, layer.n_heads, n, layer.head_dim)
+            kv.append(tuple(torch.cat([repeat_kv(p.to(h.dtype), groups), tail], dim=2) for p in pair))
+        return _Context(cos, sin, mask, kv)
+
+    def _run(self, h: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        for layer, (keys, values) in zip(self.layers, ctx.kv, strict=True):
+            h = layer(h, ctx.cos, ctx.sin, keys, values, ctx.mask)
+        return self.action_out(self.norm(h)).float()
 
     def loss(self, actions: torch.Tensor, pad: torch.Tensor | None, prefix_kv: PrefixKV,
              prefix_mask: torch.Tensor, prefix_len: torch.Tensor, rotary: Rotary,
@@ -135,11 +171,17 @@ class FlowMatchingExpert(nn.Module):
         return (per_step * keep).sum() / keep.sum().clamp(min=1.0)
 
     @torch.no_grad()
-    def sample(self, prefix_kv: PrefixKV, prefix_mask: torch.Tensor, prefix_len: torch.Tensor, rotary: Rotary,
-               noise: torch.Tensor, steps: int) -> torch.Tensor:
-        """Euler integration from noise (t = 1) to actions (t = 0); returns (B, H, A) float32."""
+    def sample(self, prefix_kv: PrefixKV, prefix_mask: torch.Tensor | None, prefix_len: torch.Tensor,
+               rotary: Rotary, noise: torch.Tensor, steps: int) -> torch.Tensor:
+        """Euler integration from noise (t = 1) to actions (t = 0); returns (B, H, A) float32.
+        Same result as calling `velocity` per step, but RoPE tables, mask and the expanded prefix
+        K/V are built once for all steps."""
         x = noise.float()
+        ctx = None
         for i in range(steps):
             t = torch.full((x.shape[0],), 1.0 - i / steps, device=x.device)
-            x = x - self.velocity(x, t, prefix_kv, prefix_mask, prefix_len, rotary) / steps
+            h = self._embed(x, t)
+            if ctx is None:
+                ctx = self._context(h, prefix_kv, prefix_mask, prefix_len, rotary)
+            x = x - self._run(h, ctx) / steps
         return x

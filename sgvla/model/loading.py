@@ -88,7 +88,7 @@ def assemble_components(cls, dino: str, siglip: str, llm: str, tokenizer: str | 
     """Build SG-VLA from pretrained DINOv2-with-registers, SigLIP (vision or full) and Qwen2 parts."""
     from transformers import AutoTokenizer, Dinov2WithRegistersModel, Qwen2ForCausalLM, SiglipVisionModel
 
-    size = int(overrides.get("image_size", 224))
+    size = int(overrides.get("image_size", SGVLAConfig.image_size))
     dino_m = _component("DINOv2", Dinov2WithRegistersModel, dino, ("dinov2_with_registers",))
     sig_m = _component("SigLIP", SiglipVisionModel, siglip, ("siglip", "siglip_vision_model"))
     llm_m = _component("LLM", Qwen2ForCausalLM, llm, ("qwen2",))
@@ -97,7 +97,7 @@ def assemble_components(cls, dino: str, siglip: str, llm: str, tokenizer: str | 
     except (OSError, ValueError) as e:
         raise SgvlaError(f"cannot load the tokenizer from {tokenizer or llm!r} ({str(e).splitlines()[0]})") \
             from None
-    n_bins = int(overrides.get("n_action_bins", 256))
+    n_bins = int(overrides.get("n_action_bins", SGVLAConfig.n_action_bins))
     begin = ensure_action_tokens(tok, n_bins)
     if len(tok) > llm_m.config.vocab_size:
         llm_m.resize_token_embeddings(len(tok), pad_to_multiple_of=64)

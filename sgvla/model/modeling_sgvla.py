@@ -48,13 +48,11 @@ LOSS_NAMES: tuple[str, ...] = ("action", *AUX_NAMES, "flow")
 @dataclass
 class SGVLAOutput(ModelOutput):
     """`loss`: weighted total of the computed parts; `losses`: each part unweighted ("action", aux
-    names, "flow"); `token_accuracy`: argmax accuracy on the action tokens; `action_l1`: mean |error|
-    of the argmax-decoded normalised actions (when `action` is given); `aux_predictions`."""
+    names, "flow"); `token_accuracy`: argmax accuracy on the action tokens; `aux_predictions`."""
 
     loss: torch.Tensor | None = None
     losses: dict[str, torch.Tensor] | None = None
     token_accuracy: torch.Tensor | None = None
-    action_l1: torch.Tensor | None = None
     aux_predictions: dict[str, Any] | None = None
 
 
@@ -115,6 +113,11 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         self.aux = AuxiliaryDecoders(config)
         self.expert = FlowMatchingExpert(config) if config.use_flow_expert else None
         self._processor: SGVLAProcessor | None = None
+        if self.config.action_token_begin is None:
+            # A random-init model gets the offline byte tokenizer now, which fixes the action token
+            # ids in the config before anything (DataLoader workers, save_pretrained) reads them.
+            self._processor = SGVLAProcessor(self.config, build_byte_tokenizer())
+        self.action_tokenizer = ActionTokenizer(self.config.action_token_begin, self.config.n_action_bins)
         #: Losses `forward` computes when `compute` is not given (None: all enabled ones).
         self.compute_losses: tuple[str, ...] | None = None
         self.post_init()
@@ -122,7 +125,8 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
     # -- processor ---------------------------------------------------------------------------
     @property
     def processor(self) -> SGVLAProcessor:
-        """Prompt/tokenizer/pixels helper; a random-init model gets the offline byte tokenizer."""
+        """Prompt/tokenizer/pixels helper; built on first use with the offline byte tokenizer when
+        none was set (the action token ids are already in the config, so this only checks them)."""
         if self._processor is None:
             self._processor = SGVLAProcessor(self.config, build_byte_tokenizer())
         return self._processor
@@ -131,12 +135,6 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         if processor.config is not self.config:
             processor = SGVLAProcessor(self.config, processor.tokenizer)
         self._processor = processor
-
-    @property
-    def action_tokenizer(self) -> ActionTokenizer:
-        if self.config.action_token_begin is None:
-            return self.processor.action_tokenizer
-        return ActionTokenizer(self.config.action_token_begin, self.config.n_action_bins)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.llm.get_input_embeddings()
@@ -211,7 +209,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         of two float32 copies at 224 px.
         """
         c = self.config
-        want = (c.n_images, 3, c.image_size, c.image_size)
+        want = c.pixel_shape
         if isinstance(pixel_values, Mapping) and set(pixel_values) == {"unit"}:
             pixel_values = unit_to_towers(pixel_values["unit"], c.image_size)
         if not isinstance(pixel_values, Mapping) or set(pixel_values) != {"dino", "siglip"}:
@@ -255,9 +253,6 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
             grids[cam] = torch.stack([hidden[:, 1 + j * p: 1 + (j + 1) * p] for j in idx]).mean(0)
         return grids
 
-    def _rotary(self, x: torch.Tensor, position_ids: torch.Tensor):
-        return self.llm.model.rotary_emb(x, position_ids)
-
     def _llm_prefix_cache(self, embeds: torch.Tensor, attn: torch.Tensor | None):
         """LLM forward that always returns a KV cache (no grad, and bypassing gradient checkpointing,
         which would drop the cache): used for the flow expert's detached prefix."""
@@ -286,8 +281,8 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
     ) -> SGVLAOutput:
         """Losses for one batch from `SGVLAProcessor.collate` (right-padded text).
 
-        `compute` selects the losses (see module doc); `subtask` is accepted and ignored (it rides
-        along in the batch for per-subtask logging).
+        `compute` selects the losses (see module doc); `action` and `subtask` are accepted and ignored
+        (they ride along in the batch: the action loss reads `labels`, `subtask` is for logging).
         """
         names = self._resolve_compute(compute)
         if "action" in names and labels is None:
@@ -310,7 +305,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         losses: dict[str, torch.Tensor] = {}
         result = SGVLAOutput(losses=losses)
         if "action" in names:
-            self._action_loss(hidden, full_labels, action, result)
+            self._action_loss(hidden, full_labels, result)
         if aux_names:
             grids_live = self._camera_grids(hidden) if "mask" in aux_names else None
             preds = {}
@@ -324,7 +319,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         if "flow" in names:
             kv = [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
             losses["flow"] = self.expert.loss(action_chunk, action_chunk_pad, kv, prefix_mask, prefix_len,
-                                              self._rotary)
+                                              self.llm.model.rotary_emb)
         result.loss = sum(self._weight(n) * v for n, v in losses.items())
         return result
 
@@ -348,8 +343,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         pos = torch.arange(attn.shape[1], device=attn.device)
         return prefix_len, (pos.unsqueeze(0) < prefix_len.unsqueeze(1)) & attn.bool()
 
-    def _action_loss(self, hidden: torch.Tensor, full_labels: torch.Tensor, action: torch.Tensor | None,
-                     result: SGVLAOutput) -> None:
+    def _action_loss(self, hidden: torch.Tensor, full_labels: torch.Tensor, result: SGVLAOutput) -> None:
         """Cross-entropy on the answer tokens; logits only where a label exists (saves a full-vocab
         projection of every image token)."""
         target = full_labels[:, 1:]
@@ -358,15 +352,8 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         tgt = target[sel]
         result.losses["action"] = F.cross_entropy(logits, tgt)
         with torch.no_grad():
-            tok = self.action_tokenizer
-            is_act = tok.is_action(tgt)
-            pred = logits.argmax(-1)
-            result.token_accuracy = (pred[is_act] == tgt[is_act]).float().mean()
-            if action is not None:
-                b = full_labels.shape[0]
-                bins = (pred[is_act] - tok.begin).clamp(0, tok.n_bins - 1) + tok.begin
-                decoded = tok.decode(bins.cpu()).to(hidden.device).reshape(b, -1)
-                result.action_l1 = (decoded - action.to(decoded.device).float().reshape(b, -1)).abs().mean()
+            is_act = self.action_tokenizer.is_action(tgt)
+            result.token_accuracy = (logits.argmax(-1)[is_act] == tgt[is_act]).float().mean()
 
     # -- inference ---------------------------------------------------------------------------
     def _inference_inputs(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor):
@@ -382,30 +369,20 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
 
     @torch.no_grad()
     def decode_action_tokens(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
-                             use_cache: bool = True, return_logits: bool = False):
-        """Greedy decoding of `action_dim` action tokens for prompts of equal length (B, L).
-
-        With `use_cache` the prefix runs once and each new token costs one single-token step;
-        without, the whole sequence is re-run per token (reference for tests).
-        """
+                             return_logits: bool = False):
+        """Greedy decoding of `action_dim` action tokens for prompts of equal length (B, L): the prefix
+        runs once and each new token costs one single-token step on the KV cache."""
         embeds = self._inference_inputs(pixel_values, input_ids)
         embed = self.llm.get_input_embeddings()
+        out = self.llm.model(inputs_embeds=embeds, use_cache=True)
         ids, logits = [], []
-        if use_cache:
-            out = self.llm.model(inputs_embeds=embeds, use_cache=True)
         for i in range(self.config.action_dim):
-            if not use_cache:
-                out = self.llm.model(inputs_embeds=embeds, use_cache=False)
             nxt, lg = self._best_action_token(out.last_hidden_state[:, -1])
             ids.append(nxt)
             logits.append(lg)
-            if i + 1 == self.config.action_dim:
-                break
-            step = embed(nxt).unsqueeze(1)
-            if use_cache:
-                out = self.llm.model(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True)
-            else:
-                embeds = torch.cat([embeds, step], dim=1)
+            if i + 1 < self.config.action_dim:
+                out = self.llm.model(inputs_embeds=embed(nxt).unsqueeze(1), past_key_values=out.past_key_values,
+                                     use_cache=True)
         ids_t = torch.stack(ids, dim=1)
         return (ids_t, torch.stack(logits, dim=1)) if return_logits else ids_t
 
@@ -431,12 +408,11 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         cache = self.llm.model(inputs_embeds=embeds, use_cache=True).past_key_values
         b, p = embeds.shape[:2]
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        mask = torch.ones(b, p, dtype=torch.bool, device=embeds.device)
         plen = torch.full((b,), p, dtype=torch.long, device=embeds.device)
         if noise is None:
             noise = torch.randn(b, self.config.chunk_size, self.config.action_dim, generator=generator,
                                 device=embeds.device if generator is None else generator.device)
-        return self.expert.sample(kv, mask, plen, self._rotary, noise.to(embeds.device),
+        return self.expert.sample(kv, None, plen, self.llm.model.rotary_emb, noise.to(embeds.device),
                                   steps or self.config.flow_steps)
 
     def resolve_mode(self, mode: str, subtask: str | None) -> str:

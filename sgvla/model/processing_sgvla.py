@@ -172,7 +172,7 @@ class SGVLAProcessor:
 
     def _check_pixels(self, pixels: Mapping[str, torch.Tensor]) -> None:
         c = self.config
-        want = (c.n_images, 3, c.image_size, c.image_size)
+        want = c.pixel_shape
         for k, v in pixels.items():
             if k == "unit" and tuple(v.shape[1:3]) == want[:2]:
                 continue  # resized on the model's device (encode_images)

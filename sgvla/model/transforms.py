@@ -68,8 +68,7 @@ def unit_to_towers(unit: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
 def normalize_action(a: np.ndarray | torch.Tensor, q01, q99):
     """BOUNDS_Q99: map [q01, q99] to [-1, 1] and clip; dimensions with q01 == q99 map to 0."""
     lib = torch if isinstance(a, torch.Tensor) else np
-    q01 = lib.asarray(q01, dtype=a.dtype) if lib is np else torch.as_tensor(q01, dtype=a.dtype)
-    q99 = lib.asarray(q99, dtype=a.dtype) if lib is np else torch.as_tensor(q99, dtype=a.dtype)
+    q01, q99 = lib.asarray(q01, dtype=a.dtype), lib.asarray(q99, dtype=a.dtype)
     span = q99 - q01
     out = 2.0 * (a - q01) / (span + 1e-8) - 1.0
     out = lib.clip(out, -1.0, 1.0)
@@ -79,6 +78,5 @@ def normalize_action(a: np.ndarray | torch.Tensor, q01, q99):
 def unnormalize_action(a: np.ndarray | torch.Tensor, q01, q99):
     """Inverse of `normalize_action` for values in [-1, 1]."""
     lib = torch if isinstance(a, torch.Tensor) else np
-    q01 = lib.asarray(q01, dtype=a.dtype) if lib is np else torch.as_tensor(q01, dtype=a.dtype)
-    q99 = lib.asarray(q99, dtype=a.dtype) if lib is np else torch.as_tensor(q99, dtype=a.dtype)
+    q01, q99 = lib.asarray(q01, dtype=a.dtype), lib.asarray(q99, dtype=a.dtype)
     return 0.5 * (a + 1.0) * (q99 - q01) + q01
