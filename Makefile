@@ -7,8 +7,7 @@ setup:
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
-	.venv/bin/python -m ruff check sgvla tests bench
+test: lint
 	.venv/bin/python -m pytest -q -ra
 
 lint: setup

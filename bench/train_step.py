@@ -48,7 +48,7 @@ def bare_loop(args, dataset: Path) -> float:
     from torch.utils.data import DataLoader
 
     from sgvla.train import modelops
-    from sgvla.train.config import load_config
+    from sgvla.train.config import batch_plan, load_config
     from sgvla.train.preflight import inspect_dataset
 
     cfg = load_config(TINY, overrides(args, 1))
@@ -60,7 +60,7 @@ def bare_loop(args, dataset: Path) -> float:
     model.configure_stage(2)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
-    micro, accum = cfg.train.micro_batch_size, 2
+    micro, accum = cfg.train.micro_batch_size, batch_plan(cfg, 1)  # as the trainer derives it
     loader = DataLoader(ds, batch_size=micro, shuffle=True, drop_last=True,
                         collate_fn=model.processor.collate, num_workers=args.loader_workers,
                         prefetch_factor=4 if args.loader_workers else None)

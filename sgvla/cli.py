@@ -173,7 +173,7 @@ def eval_(
     mode: str = typer.Option("auto", help="tokens, flow or auto (per subtask)."),
     seed: int = typer.Option(0),
     workers: int = typer.Option(0, help="Ray workers (0 = one per CPU core)."),
-    ray_address: str | None = typer.Option(None),
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster (default: a private local one)."),
     video: bool = typer.Option(False, help="Save MP4s of head and hand views."),
     max_steps: int | None = typer.Option(None, help="Shorter horizon than the env's (quick checks only)."),
 ) -> None:

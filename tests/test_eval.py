@@ -25,7 +25,10 @@ def ray_cluster():
 
 
 def test_expert_succeeds_random_fails_and_reruns_repeat(tmp_path):
+    import ray
+
     expert = run_eval("expert", "mini_kitchen", "pick", episodes=5, out=tmp_path / "expert", workers=2)
+    assert ray.is_initialized(), "eval must leave running a Ray it did not start"
     rate = expert["aggregate"]["per_subtask"]["pick"]["success_rate"]
     assert rate >= 0.8, expert["episodes"]
     again = run_eval("expert", "mini_kitchen", "pick", episodes=5, out=tmp_path / "again", workers=2)

@@ -42,11 +42,31 @@ def test_yaml_base_chain_and_overrides(tmp_path):
     ({"stage1": {"epochs": "three"}}, ["stage1.epochs", "integer"]),
     ({"train": {"schedule": "random"}}, ["train.schedule"]),
     ({"train": {"schedule": "naive"}}, ["naive", "stage1.epochs=0"]),
+    # checked in the config, so a Hub dataset cannot train on zero rows because of a typo
+    ({"data": {"subtasks": ["pik"]}}, ["data.subtasks", "pik", "pick"]),
+    ({"data": {"subtasks": []}}, ["data.subtasks", "empty"]),
 ])
 def test_bad_config_values_are_named(bad, words):
     with pytest.raises(SgvlaError) as e:
         config_from_dict(bad)
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_a_preset_replaces_its_base_fields_whole(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  aux_weights: {grasp: 5.0, qpos: 2.0}\n  history: 1\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel:\n  aux_weights: {grasp: 3.0}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.model.aux_weights == {"grasp": 3.0} and cfg.model.history == 1
+
+
+def test_fingerprint_is_the_hash_of_the_compat_view():
+    cfg = config_from_dict({})
+    view = cfg.compat_view()
+    assert set(view) == {"model", "data", "train"} and "epochs" not in json.dumps(view)
+    longer = config_from_dict({"stage2": {"epochs": 9}, "train": {"checkpoint_every": 7}})
+    assert longer.compat_fingerprint() == cfg.compat_fingerprint()
+    other = config_from_dict({"train": {"seed": 1}})
+    assert other.compat_view() != view and other.compat_fingerprint() != cfg.compat_fingerprint()
 
 
 def test_bad_override_is_named(tmp_path):
@@ -70,7 +90,7 @@ def test_every_preset_loads_and_builds_its_model_config(path):
 
     cfg = load_config(path)
     mc = model_config(cfg)
-    stages = plan_stages(cfg, bool(mc.use_flow_expert), bool(mc.aux_decoders))
+    stages = plan_stages(cfg, bool(mc.use_flow_expert))
     assert stages, path
     if path.stem != "tiny":  # the paper's optimisation settings (section 6.1)
         assert cfg.optim.lr == pytest.approx(2e-5) and cfg.train.global_batch_size == 512
@@ -80,7 +100,7 @@ def test_every_preset_loads_and_builds_its_model_config(path):
 def test_paper_schedules_in_the_presets():
     def epochs(name):
         cfg = load_config(CONFIGS / f"{name}.yaml")
-        return [(s.name, s.epochs) for s in plan_stages(cfg, True, True)]
+        return [(s.name, s.epochs) for s in plan_stages(cfg, True)]
 
     assert epochs("table3_progressive_all") == [("stage1", 3), ("stage2", 7)]
     assert epochs("table3_naive_all") == [("stage2", 10)]
@@ -88,7 +108,7 @@ def test_paper_schedules_in_the_presets():
     assert epochs("tiny") == [("stage1", 1), ("stage2", 2), ("stage3", 1)]
     cfg = load_config(CONFIGS / "table2_multiview_depth.yaml")
     with pytest.raises(SgvlaError, match="use_flow_expert"):
-        plan_stages(config_from_dict({**cfg.to_dict(), "stage3": {"epochs": 1}}), False, False)
+        plan_stages(config_from_dict({**cfg.to_dict(), "stage3": {"epochs": 1}}), False)
 
 
 def test_sampler_resumes_mid_epoch_and_splits_like_the_global_order():

@@ -41,7 +41,7 @@ def setup(dataset):
     model = modelops.build_model(cfg, info["stats"])
     ds, idx = modelops.build_dataset(cfg, info, model.config)
     batch = modelops.make_collate(model)([ds[i] for i in (0, 3, 7, 10)])
-    stages = {s.name: s for s in plan_stages(cfg, True, True)}
+    stages = {s.name: s for s in plan_stages(cfg, True)}
     return cfg, model, batch, stages
 
 
@@ -50,7 +50,7 @@ def _step(model, stage, batch, cfg, **forward):
     modelops.apply_stage(m, stage)
     before = {k: v.detach().clone() for k, v in m.state_dict().items()}
     opt = torch.optim.Adam(m.parameters(), lr=cfg.optim.lr)
-    out = train_step(m, [batch], opt, modelops.stage_weights(m, stage), cfg, torch.device("cpu"), forward)
+    out = train_step(m, [batch], opt, modelops.stage_losses(m), cfg, torch.device("cpu"), forward)
     return before, m.state_dict(), out
 
 
@@ -96,7 +96,7 @@ def test_gradient_checkpointing_gives_the_same_step(setup):
             modelops.enable_gradient_checkpointing(m)
         modelops.apply_stage(m, stages["stage2"])
         opt = torch.optim.Adam(m.parameters(), lr=cfg.optim.lr)
-        results.append(train_step(m, [batch], opt, modelops.stage_weights(m, stages["stage2"]), cfg,
+        results.append(train_step(m, [batch], opt, modelops.stage_losses(m), cfg,
                                   torch.device("cpu")))
         assert m.llm.is_activation_checkpointing == checkpointing
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
@@ -111,8 +111,21 @@ def test_subtask_selection_reaches_the_sampler(dataset):
     assert info.num_rows == 6  # one of the two episodes
     ds, idx = modelops.build_dataset(cfg, dataclasses.asdict(info), mc)
     assert len(ds) == 12 and len(idx) == 6 and {ds[i]["subtask"] for i in idx} == {"place"}
+    none = config_from_dict({**cfg.to_dict(), "data": {"subtasks": ["open"]}})
     with pytest.raises(SgvlaError, match="no 'train' rows"):
-        inspect_dataset(str(dataset), config_from_dict({**cfg.to_dict(), "data": {"subtasks": ["open"]}}), mc)
+        inspect_dataset(str(dataset), none, mc)
+    # where the rows are selected (the driver cannot count a Hub dataset's rows per subtask)
+    with pytest.raises(SgvlaError, match="no 'train' rows of subtask.*open"):
+        modelops.build_dataset(none, dataclasses.asdict(info), mc)
+
+
+def test_the_loop_logs_the_losses_the_model_computes(setup):
+    cfg, model, batch, stages = setup
+    aux = tuple(model.config.aux_decoders)
+    for name, want in (("stage1", ("action", *aux)), ("stage2", ("action", *aux)), ("stage3", ("flow",))):
+        m = copy.deepcopy(model)
+        modelops.apply_stage(m, stages[name])
+        assert modelops.stage_losses(m) == tuple(m.compute_losses) == want
 
 
 # --------------------------------------------------------------------------- driver-side checks

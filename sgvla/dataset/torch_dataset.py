@@ -388,14 +388,13 @@ class SgvlaTorchDataset(Dataset):
     """Map-style dataset over one split of one or more configs (see the module doc for samples).
 
     `source` is a dataset folder or a Hub repo id; `stats` a dict / stats.json path (default:
-    the dataset's meta/stats.json). `seed` is accepted for callers that pass one (sgvla.train) but
-    unused: samples have no randomness, the sampler shuffles (`make_dataloader`).
+    the dataset's meta/stats.json). Samples have no randomness: the sampler shuffles (`make_dataloader`).
     """
 
     def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
                  views: Sequence[str] = DEFAULT_VIEWS, history: int = 0,
                  image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
-                 seed: int = 0, masks: bool = True, revision: str | None = None,
+                 masks: bool = True, revision: str | None = None,
                  cache_dir: str | None = None, pixel_format: str = "towers"):
         from datasets import Image, concatenate_datasets
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from sgvla.dataset.atomic import write_text_atomic
 from sgvla.tasks import SUBTASKS
 
 _COLUMNS = {"pick": "Pick", "place": "Place", "open": "Open", "close": "Close"}
@@ -40,12 +40,6 @@ def markdown_table(results: dict) -> str:
 
 
 def write_results(out: Path, results: dict) -> tuple[Path, Path]:
-    """Atomically write results.json and results.md into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", markdown_table(results) + "\n")):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-        paths.append(out / name)
-    return paths[0], paths[1]
+    """Atomically write results.json and results.md into `out` (a killed eval leaves no torn file)."""
+    return (write_text_atomic(out / "results.json", json.dumps(results, indent=2)),
+            write_text_atomic(out / "results.md", markdown_table(results) + "\n"))

@@ -15,10 +15,10 @@ from tqdm import tqdm
 from sgvla.errors import SgvlaError
 from sgvla.eval.policies import REFERENCE_POLICIES
 from sgvla.eval.report import aggregate, markdown_table, write_results
+from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, subtasks_for
 
 MODES = ("tokens", "flow", "auto")
-MSHAB_HORIZON = 200
 
 
 class EvalWorker:
@@ -41,10 +41,11 @@ class EvalWorker:
     def run(self, subtask: str, seed: int) -> dict:
         from mani_skill.utils.gym_utils import find_max_episode_steps_value
 
+        from sgvla.eval.mshab_env import HORIZON
         from sgvla.eval.rollout import run_episode
 
         env = self._env(subtask)
-        horizon = self.max_steps or find_max_episode_steps_value(env) or MSHAB_HORIZON
+        horizon = self.max_steps or find_max_episode_steps_value(env) or HORIZON
         video = self.out / "videos" / f"{subtask}-seed{seed}.mp4" if self.video else None
         return run_episode(env, self.policy, subtask, seed, horizon, video).to_dict()
 
@@ -96,6 +97,27 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     return ("rgb+depth" if any(v.endswith("depth") for v in views) else "rgb"), views
 
 
+def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: str) -> list[dict]:
+    """Spread (subtask, seed) episodes over `n_workers` EvalWorker actors; their records, unordered."""
+    import ray
+
+    actor_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(EvalWorker)
+    actors = [actor_cls.remote(*args) for _ in range(n_workers)]
+    pool = ray.util.ActorPool(actors)
+    records = []
+    try:
+        with tqdm(total=len(jobs), desc=desc, unit="ep") as bar:
+            for rec in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
+                records.append(rec)
+                done = sum(r["success"] for r in records)
+                bar.set_postfix(success=f"{done}/{len(records)}")
+                bar.update(1)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return records
+
+
 def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str = "auto", seed: int = 0,
              workers: int = 0, ray_address: str | None = None, video: bool = False,
              max_steps: int | None = None) -> dict:
@@ -103,8 +125,6 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
 
     `max_steps` shortens the env's horizon (quick checks only: success rates are then not comparable).
     """
-    import ray
-
     out = Path(out)
     subs = _check_inputs(model, task, subtask, episodes, out, mode)
     if max_steps is not None and max_steps <= 0:
@@ -113,24 +133,12 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
     jobs = [(sub, seed + i) for sub in subs for i in range(episodes)]
     n_workers = min(len(jobs), workers or os.cpu_count() or 1)
 
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(n_workers, 1), include_dashboard=False, log_to_driver=False)
-    actor_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(EvalWorker)
-    args = (task, model, mode, str(out.resolve()), video, obs_mode, max_steps)
-    actors = [actor_cls.remote(*args) for _ in range(n_workers)]
-    pool = ray.util.ActorPool(actors)
-    records = []
-    with tqdm(total=len(jobs), desc=f"eval {model} on {task}", unit="ep") as bar:
-        for rec in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
-            records.append(rec)
-            done = sum(r["success"] for r in records)
-            bar.set_postfix(success=f"{done}/{len(records)}")
-            bar.update(1)
-    for a in actors:
-        ray.kill(a)
+    session = RaySession(ray_address, num_cpus=max(n_workers, 1)).start()
+    try:
+        records = _run_jobs(jobs, n_workers, (task, model, mode, str(out.resolve()), video, obs_mode, max_steps),
+                            f"eval {model} on {task}")
+    finally:
+        session.close()
     records.sort(key=lambda r: (subs.index(r["subtask"]), r["seed"]))
     results = {"model": model, "task": task, "mode": mode, "seed": seed, "views": views, "max_steps": max_steps,
                "episodes": records, "aggregate": aggregate(records)}

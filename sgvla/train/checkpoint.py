@@ -52,10 +52,10 @@ class TrainerState:
     samples: int = 0         # samples consumed in the run (all workers)
     done: bool = False       # the whole schedule has finished
     fingerprint: str = ""    # TrainConfig.compat_fingerprint() of the run that wrote it
-    world_size: int = 1
 
     @classmethod
     def from_json(cls, text: str) -> TrainerState:
+        """Unknown keys are ignored, so states written by older versions (e.g. with world_size) load."""
         data = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -159,7 +159,8 @@ def list_checkpoints(root: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)
              and (p / STATE_FILE).is_file() and (p / MODEL_FILE).is_file()]
-    return sorted(found, key=lambda p: read_state(p).global_step)
+    # names are zero-padded to 8 digits (`checkpoint_name`), so name order is step order
+    return sorted(found, key=lambda p: p.name)
 
 
 def latest_checkpoint(root: Path) -> Path | None:

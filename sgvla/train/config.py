@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from sgvla.errors import SgvlaError
+from sgvla.tasks import SUBTASKS
 
 SCHEDULES = ("progressive", "naive")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -137,17 +138,22 @@ class TrainConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def compat_fingerprint(self) -> str:
-        """Hash of what a resumed run must share with the checkpoint it continues.
+    def compat_view(self) -> dict:
+        """What a resumed run must share with the checkpoint it continues.
 
         The model's shape, the data order (dataset part, batch sizes, seed) and the schedule kind;
-        stage lengths, checkpoint cadence and logging may change between runs.
+        stage lengths, checkpoint cadence and logging may change between runs. run.json stores it
+        so that a refused --resume can name the fields that changed.
         """
-        t = self.train
-        key = {"model": dataclasses.asdict(self.model), "data": [self.data.configs, self.data.split,
-               self.data.subtasks], "batch": [t.global_batch_size, t.micro_batch_size, t.seed,
-               t.schedule, t.strategy]}
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        d = self.to_dict()
+        return {"model": d["model"], "data": {k: d["data"][k] for k in ("configs", "split", "subtasks")},
+                "train": {k: d["train"][k] for k in ("global_batch_size", "micro_batch_size", "seed",
+                                                     "schedule", "strategy")}}
+
+    def compat_fingerprint(self) -> str:
+        """Short hash of `compat_view()` (stored in run.json and every checkpoint)."""
+        text = json.dumps(self.compat_view(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,14 +239,17 @@ def _build(cls, data: dict, where: str):
 
 
 def _merge(base: dict, over: dict) -> dict:
-    """Deep merge: mappings merge key by key, everything else is replaced."""
+    """A preset over its base, section by section: fields it names replace the base's whole.
+
+    Why not a deep merge: a field's value is one setting (`model.aux_weights: {grasp: 5}` means
+    exactly those weights, not the base's plus grasp), so only sections merge.
+    """
     out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("aux_weights", "extra",
-                                                                               "subtask_modes"):
-            out[k] = _merge(out[k], v)
+    for section, fields in over.items():
+        if isinstance(fields, dict) and isinstance(out.get(section), dict):
+            out[section] = {**out[section], **fields}
         else:
-            out[k] = v
+            out[section] = fields
     return out
 
 
@@ -314,6 +323,12 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         raise SgvlaError(f"{where}: optim.lr must be > 0 and optim.betas two numbers")
     if cfg.data.loader_workers < 0:
         raise SgvlaError(f"{where}: data.loader_workers must be >= 0")
+    subs = cfg.data.subtasks
+    if subs is not None:  # here, not in the dataset checks, so that it holds for local and Hub data alike
+        bad = [s for s in subs if s not in SUBTASKS]
+        if bad or not subs:
+            raise SgvlaError(f"{where}: data.subtasks has unknown subtask(s) {bad or '(empty list)'}: choose "
+                             f"from {', '.join(SUBTASKS)}, or null for all")
     return cfg
 
 

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from sgvla.errors import SgvlaError
+from sgvla.raysession import RaySession
 from sgvla.train import modelops
 from sgvla.train.checkpoint import CHECKPOINT_DIR
 from sgvla.train.config import batch_plan, load_config
@@ -33,38 +34,24 @@ from sgvla.train.preflight import check_output, inspect_dataset, write_run_file
 from sgvla.train.stages import plan_stages
 
 
-def _ensure_ray(address: str | None, workers: int, cpus: float, gpus: float) -> bool:
-    """Start or join Ray; check the cluster can ever place the worker group. True if we started it."""
+def _start_ray(address: str | None, workers: int, cpus: float, gpus: float) -> RaySession:
+    """Start or join Ray; check the cluster can ever place the worker group (else stop what we started)."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        try:
-            # "local" always starts a private instance (never silently joins someone else's)
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
-                     configure_logging=True, logging_level="WARNING")
-        except ConnectionError as e:
-            raise SgvlaError(f"cannot join the Ray cluster at --ray-address {address} ({e}): start it with "
-                             "`ray start --head` or drop --ray-address to run locally") from None
-        started = True
+    # the driver prints the workers' logs: the progress bars come from there
+    session = RaySession(address, log_to_driver=True, configure_logging=True,
+                         logging_level="WARNING").start()
     res = ray.cluster_resources()
     if gpus > 0 and res.get("GPU", 0) < workers * gpus:
-        _stop(started)
+        session.close()
         raise SgvlaError(f"--workers {workers} x --gpus-per-worker {gpus} needs {workers * gpus:g} GPUs but "
                          f"the Ray cluster has {res.get('GPU', 0):g}: lower them (0 on CPU machines)")
     if res.get("CPU", 0) < workers * cpus:
-        _stop(started)
+        session.close()
         raise SgvlaError(f"--workers {workers} x train.cpus_per_worker {cpus:g} needs {workers * cpus:g} "
                          f"CPUs but the Ray cluster has {res.get('CPU', 0):g}: lower --workers or --set "
                          "train.cpus_per_worker=0.5")
-    return started
-
-
-def _stop(started: bool) -> None:
-    if started:
-        import ray
-
-        ray.shutdown()
+    return session
 
 
 def _absolute_model_paths(cfg):
@@ -93,7 +80,7 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
                          "--set train.strategy=ddp")
     accum = batch_plan(cfg, workers)
     mc = modelops.model_config(cfg)
-    plan_stages(cfg, bool(mc.use_flow_expert), bool(mc.aux_decoders))
+    plan_stages(cfg, bool(mc.use_flow_expert))
     info = inspect_dataset(str(dataset), cfg, mc)
     output = Path(output).expanduser().resolve()
     prior = check_output(output, resume, cfg, info.source)
@@ -103,11 +90,11 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
         print(f"note: resuming with --workers {workers} (the run used {prior.get('workers')}): the data "
               "order is kept, float results may differ slightly")
 
-    started = _ensure_ray(ray_address, workers, cfg.train.cpus_per_worker, gpus_per_worker)
+    session = _start_ray(ray_address, workers, cfg.train.cpus_per_worker, gpus_per_worker)
     try:
         result = _fit(cfg, info, output, workers, gpus_per_worker)
     finally:
-        _stop(started)
+        session.close()
     records = read_metrics(output)
     steps = result.get("global_step") or (records[-1]["global_step"] if records else 0)
     summary = {"run": str(output), "model": str(output / FINAL_MODEL_DIR), "steps": steps,

@@ -19,7 +19,7 @@ import dataclasses
 import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from sgvla.train import modelops
 from sgvla.train.checkpoint import (
     CHECKPOINT_DIR,
     TrainerState,
+    checkpoint_name,
     latest_checkpoint,
     read_checkpoint,
     rng_state,
@@ -105,10 +106,11 @@ def _to_device(batch, device: torch.device):
 
 
 def train_step(model: torch.nn.Module, batches: list[dict], optimizer: torch.optim.Optimizer,
-               weights: dict[str, float], cfg: TrainConfig, device: torch.device,
+               losses: Sequence[str], cfg: TrainConfig, device: torch.device,
                forward_kwargs: dict | None = None) -> dict[str, float]:
     """Accumulate gradients over `batches` (one global step's share), then one Adam step.
 
+    `losses` are the stage's losses (`modelops.stage_losses`): each is logged as `loss_<name>`.
     Returns this rank's mean of each loss, the objective, token accuracy and the gradient norm.
     """
     optimizer.zero_grad(set_to_none=True)
@@ -128,10 +130,10 @@ def train_step(model: torch.nn.Module, batches: list[dict], optimizer: torch.opt
             (out.loss / n).backward()
         add("loss", out.loss)
         for k, v in out.losses.items():
-            if v is not None and k in weights:
+            if v is not None and k in losses:
                 add(f"loss_{k}", v)
         acc = getattr(out, "token_accuracy", None)
-        if acc is not None and "action" in weights:
+        if acc is not None and "action" in losses:
             add("token_accuracy", acc)
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else math.inf
@@ -172,9 +174,8 @@ class Worker:
         self.model = modelops.build_model(cfg, data["stats"])
         self.dataset, self.indices = modelops.build_dataset(cfg, data, self.model.config)
         self.collate = modelops.make_collate(self.model)
-        self.stages = plan_stages(cfg, modelops.has_flow_expert(self.model),
-                                  bool(modelops.aux_names(self.model)))
-        self.state = TrainerState(fingerprint=cfg.compat_fingerprint(), world_size=env.world_size)
+        self.stages = plan_stages(cfg, modelops.has_flow_expert(self.model))
+        self.state = TrainerState(fingerprint=cfg.compat_fingerprint())
         self.sampler = ResumableDistributedSampler(self.indices, env.world_size, env.rank,
                                                    seed=cfg.train.seed)
         self._last_saved = -1
@@ -223,7 +224,7 @@ class Worker:
             return None
         rngs = self._gather_rngs()
         model_state, optim_state = modelops.full_states(self.model, self.optimizer, self.cfg.train.strategy)
-        path = self.ckpt_root / f"step-{self.state.global_step:08d}"
+        path = self.ckpt_root / checkpoint_name(self.state.global_step)
         if self.env.rank == 0:
             path = write_checkpoint(self.ckpt_root, self.state, model_state, optim_state, rngs)
         if self.env.distributed:
@@ -268,9 +269,9 @@ class Worker:
         cfg, env, s = self.cfg, self.env, self.state
         modelops.apply_stage(self.model, stage)
         wrapped = modelops.wrap_ddp(self.model, env) if cfg.train.strategy == "ddp" else self.model
-        weights = modelops.stage_weights(self.model, stage)
+        losses = modelops.stage_losses(self.model)
         per_epoch, total = self.steps_per_epoch(), self.stage_total_steps(stage)
-        keys = ["loss"] + [f"loss_{k}" for k in weights] + (["token_accuracy"] if "action" in weights else [])
+        keys = ["loss"] + [f"loss_{k}" for k in losses] + (["token_accuracy"] if "action" in losses else [])
         keys.append("grad_norm")
         bar = self.progress(stage, total, s.stage_step) if (self.progress and env.rank == 0) else None
         last: dict = {}
@@ -283,8 +284,7 @@ class Worker:
             while s.step_in_epoch < per_epoch and s.stage_step < total:
                 t0 = time.perf_counter()
                 batches = [next(it) for _ in range(self.accum)]
-                values = train_step(wrapped, batches, self.optimizer, weights, cfg, env.device,
-                                    modelops.forward_kwargs(stage))
+                values = train_step(wrapped, batches, self.optimizer, losses, cfg, env.device)
                 metrics = reduce_metrics(values, keys, env)
                 dt = time.perf_counter() - t0
                 s.step_in_epoch += 1

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from sgvla.dataset.atomic import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -36,9 +37,7 @@ def truncate_metrics(run: Path, keep_through_step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(run) if r.get("global_step", 0) <= keep_through_step]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class MetricsLogger:

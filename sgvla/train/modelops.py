@@ -25,6 +25,23 @@ def _action_stats(stats: dict | None) -> dict | None:
     return {k: list(stats["action"][k]) for k in _ACTION_STAT_KEYS if k in stats["action"]}
 
 
+def _fit_config(mc, cfg: TrainConfig, stats: dict | None):
+    """What every way of building the model shares, applied to its SGVLAConfig after it is made.
+
+    A model started from `init_from` keeps its own aux_weights / subtask_modes but takes the run's
+    on top (a preset gets them as `from_preset` overrides instead), and the dataset's action
+    statistics travel with the model so that its actions can be un-normalised at inference.
+    """
+    m = cfg.model
+    if m.init_from:
+        for key in ("aux_weights", "subtask_modes"):
+            if getattr(m, key) is not None:
+                setattr(mc, key, {**getattr(mc, key), **getattr(m, key)})
+    if stats is not None:
+        mc.action_stats = _action_stats(stats)
+    return mc
+
+
 def model_config(cfg: TrainConfig, stats: dict | None = None):
     """The SGVLAConfig a run trains (no weights built): preset + overrides, or `init_from`'s config."""
     from sgvla.model import SGVLAConfig
@@ -35,14 +52,9 @@ def model_config(cfg: TrainConfig, stats: dict | None = None):
             raise SgvlaError(f"model.init_from={m.init_from!r} is not a folder: give one written by "
                              "save_pretrained (e.g. RUN/model of an earlier run)")
         mc = SGVLAConfig.from_pretrained(m.init_from)
-        for key in ("aux_weights", "subtask_modes"):
-            if getattr(m, key) is not None:
-                setattr(mc, key, {**getattr(mc, key), **getattr(m, key)})
     else:
         mc = SGVLAConfig.from_preset(m.preset, **m.preset_overrides())
-    if stats is not None:
-        mc.action_stats = _action_stats(stats)
-    return mc
+    return _fit_config(mc, cfg, stats)
 
 
 def build_model(cfg: TrainConfig, stats: dict):
@@ -52,18 +64,14 @@ def build_model(cfg: TrainConfig, stats: dict):
     m = cfg.model
     if m.init_from:
         model = SGVLAForActionPrediction.from_pretrained(m.init_from)
-        model.config.action_stats = _action_stats(stats)
-        for key in ("aux_weights", "subtask_modes"):
-            if getattr(m, key) is not None:
-                setattr(model.config, key, {**getattr(model.config, key), **getattr(m, key)})
+        _fit_config(model.config, cfg, stats)
     elif m.extra.get("components"):
         comps = dict(m.extra["components"])
         overrides = {k: v for k, v in m.preset_overrides().items() if k != "components"}
         model = SGVLAForActionPrediction.from_components(**comps, **overrides)
-        model.config.action_stats = _action_stats(stats)
+        _fit_config(model.config, cfg, stats)
     else:
         model = SGVLAForActionPrediction(model_config(cfg, stats))
-    _ = model.processor  # fixes config.action_token_begin before DataLoader workers fork
     model.train()
     return model
 
@@ -76,14 +84,18 @@ def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Da
 
     ds = SgvlaTorchDataset(data["source"], configs=data["configs"], split=data["split"], views=mc.views,
                            history=mc.history, image_size=mc.image_size, chunk_size=mc.chunk_size,
-                           stats=data["stats"], seed=cfg.train.seed, masks="mask" in mc.aux_decoders,
+                           stats=data["stats"], masks="mask" in mc.aux_decoders,
                            # 128 px half floats through the DataLoader; the model resizes and normalises
                            # them on its own device (12x fewer bytes per sample than ready-made towers).
                            pixel_format="unit16")
     if cfg.data.subtasks is None:
         return ds, list(range(len(ds)))
     names = np.asarray(ds.subtasks)  # per-row subtask names, read once at construction
-    return ds, np.flatnonzero(np.isin(names, cfg.data.subtasks)).tolist()
+    rows = np.flatnonzero(np.isin(names, cfg.data.subtasks)).tolist()
+    if not rows:  # the driver cannot count a Hub dataset's rows per subtask: this is where it shows
+        raise SgvlaError(f"dataset {data['source']} has no {data['split']!r} rows of subtask(s) "
+                         f"{cfg.data.subtasks} in configs {data['configs']}: check data.subtasks / configs")
+    return ds, rows
 
 
 def make_collate(model):
@@ -92,14 +104,6 @@ def make_collate(model):
 
 def has_flow_expert(model) -> bool:
     return model.expert is not None
-
-
-def aux_names(model) -> list[str]:
-    return list(model.config.aux_decoders)
-
-
-def aux_weights(model) -> dict[str, float]:
-    return dict(model.config.aux_weights)
 
 
 def _unwrap(model):
@@ -124,20 +128,12 @@ def apply_stage(model, stage: Stage) -> None:
             sub.eval()
 
 
-def forward_kwargs(stage: Stage) -> dict:
-    """Extra `model(**batch, ...)` arguments; the losses are selected by `configure_stage`."""
-    return {}
+def stage_losses(model) -> tuple[str, ...]:
+    """The losses the stage set by `apply_stage` computes (the model's `compute_losses`), in order.
 
-
-def stage_weights(model, stage: Stage) -> dict[str, float]:
-    """Weight of each loss in the stage's objective (what `out.loss` sums)."""
-    m = _unwrap(model)
-    if stage.use_flow:
-        return {"flow": float(m.config.flow_weight)}
-    w = {"action": 1.0}
-    if stage.use_aux:
-        w.update({n: float(m.config.aux_weights.get(n, 1.0)) for n in m.config.aux_decoders})
-    return w
+    The model decides them in `configure_stage`; the loop only reads them back for its metrics.
+    """
+    return tuple(_unwrap(model).compute_losses)
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -46,10 +46,11 @@ class DatasetInfo:
     """What the driver learned about the dataset (passed on to the workers)."""
 
     source: str                       # absolute local folder, or a Hub repo id
-    local: bool
     configs: list[str]
     split: str
-    num_rows: int                     # rows of the selected configs/split/subtasks
+    # rows of the selected configs/split/subtasks; on the Hub, of the configs/split only (its row
+    # counts are per split): the workers' row selection then refuses a subtask filter with no rows
+    num_rows: int
     stats: dict = field(repr=False, default_factory=dict)
 
 
@@ -62,7 +63,7 @@ def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetIn
     import pyarrow.parquet as pq
 
     from sgvla.dataset.layout import group_shards, require_dataset
-    from sgvla.dataset.stats import load_stats
+    from sgvla.dataset.torch_dataset import load_stats_for
 
     grouped = group_shards(require_dataset(root))
     split = cfg.data.split
@@ -72,12 +73,8 @@ def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetIn
     if missing:
         raise SgvlaError(f"dataset {root} has no {split!r} split for config(s) {missing} (data.configs / "
                          f"data.split): it has {have or 'none'}")
-    subtask_ids = None
-    if cfg.data.subtasks is not None:
-        bad = [s for s in cfg.data.subtasks if s not in SUBTASKS]
-        if bad:
-            raise SgvlaError(f"data.subtasks has unknown subtask(s) {bad}: choose from {', '.join(SUBTASKS)}")
-        subtask_ids = {SUBTASKS.index(s) for s in cfg.data.subtasks}
+    # the names were checked by config validation; the parquet column holds their indices
+    subtask_ids = None if cfg.data.subtasks is None else {SUBTASKS.index(s) for s in cfg.data.subtasks}
     rows = 0
     for config in configs:
         for shard in grouped[config][split]:
@@ -95,11 +92,7 @@ def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetIn
             else:
                 col = pf.read(columns=["subtask"]).column("subtask").to_pylist()
                 rows += sum(1 for s in col if s in subtask_ids)
-    stats = load_stats(root)
-    if "action" not in stats or "q01" not in stats["action"]:
-        raise SgvlaError(f"{root}/meta/stats.json has no action q01/q99: re-run `sgvla gen` on the folder "
-                         "to rewrite its statistics")
-    return DatasetInfo(str(root.resolve()), True, list(configs), split, rows, stats)
+    return DatasetInfo(str(root.resolve()), list(configs), split, rows, load_stats_for(root, None))
 
 
 def _check_not_null(pf, path: Path, needed: list[str]) -> None:
@@ -117,7 +110,8 @@ def _check_not_null(pf, path: Path, needed: list[str]) -> None:
 def _inspect_hub(repo_id: str, cfg: TrainConfig, needed: list[str]) -> DatasetInfo:
     try:
         from datasets import get_dataset_config_names, load_dataset_builder
-        from huggingface_hub import hf_hub_download
+
+        from sgvla.dataset.torch_dataset import load_stats_for
 
         have = get_dataset_config_names(repo_id)
         configs = cfg.data.configs or have
@@ -130,14 +124,14 @@ def _inspect_hub(repo_id: str, cfg: TrainConfig, needed: list[str]) -> DatasetIn
                                  "preset needs: use another dataset or change model.views / aux_decoders")
             split = (info.splits or {}).get(cfg.data.split)
             rows += split.num_examples if split else 0
-        stats = json.loads(Path(hf_hub_download(repo_id, "meta/stats.json", repo_type="dataset")).read_text())
+        stats = load_stats_for(repo_id, None)
     except SgvlaError:
         raise
     except Exception as e:  # network, auth, missing repo: all the user's to fix
         raise SgvlaError(f"--dataset {repo_id!r} is no local folder and cannot be read from the Hugging Face "
                          f"Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): check the "
                          "path, or the repo id, your login (HF_TOKEN) and the network") from None
-    return DatasetInfo(repo_id, False, list(configs), cfg.data.split, rows, stats)
+    return DatasetInfo(repo_id, list(configs), cfg.data.split, rows, stats)
 
 
 def inspect_dataset(dataset: str, cfg: TrainConfig, model_config) -> DatasetInfo:
@@ -190,7 +184,7 @@ def check_output(output: Path, resume: bool, cfg: TrainConfig, dataset: str) -> 
         raise SgvlaError(f"--output {output} already holds a training run: pass --resume to continue it or "
                          "choose another --output")
     if prior.get("fingerprint") != cfg.compat_fingerprint():
-        changed = _diff(prior.get("compat", {}), _compat_view(cfg))
+        changed = _diff(prior.get("compat", {}), cfg.compat_view())
         raise SgvlaError(f"--resume: the checkpoint in {output} was trained with a different "
                          f"{', '.join(changed) or 'model/data/batch setup'}: use that run's config "
                          f"({output / CONFIG_FILE}) or a new --output")
@@ -204,14 +198,6 @@ def check_output(output: Path, resume: bool, cfg: TrainConfig, dataset: str) -> 
     return prior
 
 
-def _compat_view(cfg: TrainConfig) -> dict:
-    d = cfg.to_dict()
-    t = d["train"]
-    return {"model": d["model"], "data": {k: d["data"][k] for k in ("configs", "split", "subtasks")},
-            "train": {k: t[k] for k in ("global_batch_size", "micro_batch_size", "seed", "schedule",
-                                        "strategy")}}
-
-
 def write_run_file(output: Path, cfg: TrainConfig, dataset: str, workers: int) -> None:
     """Record what the run is (so a later --resume can be checked) and its resolved config."""
     from sgvla.dataset.atomic import write_json_atomic, write_text_atomic
@@ -220,4 +206,4 @@ def write_run_file(output: Path, cfg: TrainConfig, dataset: str, workers: int) -
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output / CONFIG_FILE, cfg.to_yaml())
     write_json_atomic(output / RUN_FILE, {"fingerprint": cfg.compat_fingerprint(), "dataset": dataset,
-                                          "workers": workers, "compat": _compat_view(cfg)})
+                                          "workers": workers, "compat": cfg.compat_view()})

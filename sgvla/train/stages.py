@@ -21,46 +21,26 @@ from sgvla.train.config import TrainConfig
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a run's plan."""
+    """One stage of a run's plan. What it trains and which losses it computes is the model's
+    `configure_stage` (applied by `sgvla.train.modelops.apply_stage`), so it is not repeated here."""
 
     index: int            # position in the run's plan (0-based)
     name: str             # "stage1" | "stage2" | "stage3"
     epochs: int
     max_steps: int | None
-    detach_aux: bool      # decoders see detached features (stage 1)
-    train_vlm: bool       # vision towers, projector, LLM and decoders get gradients
-    train_expert: bool    # the flow-matching expert gets gradients
-    use_aux: bool         # auxiliary losses are part of the objective
-    use_flow: bool        # the flow loss is the objective (stage 3)
 
 
-def plan_stages(cfg: TrainConfig, has_flow_expert: bool, has_aux: bool = True) -> list[Stage]:
+def plan_stages(cfg: TrainConfig, has_flow_expert: bool) -> list[Stage]:
     """The stages a config runs, in order (0-epoch stages left out)."""
     if cfg.stage3.epochs and not has_flow_expert:
         raise SgvlaError("stage3.epochs > 0 trains the flow-matching expert, but the model has none: set "
                          "model.use_flow_expert=true or stage3.epochs=0")
-    specs = [
-        ("stage1", cfg.stage1, dict(detach_aux=True, train_vlm=True, train_expert=False, use_aux=has_aux,
-                                    use_flow=False)),
-        ("stage2", cfg.stage2, dict(detach_aux=False, train_vlm=True, train_expert=False, use_aux=has_aux,
-                                    use_flow=False)),
-        ("stage3", cfg.stage3, dict(detach_aux=False, train_vlm=False, train_expert=True, use_aux=False,
-                                    use_flow=True)),
-    ]
+    names = ["stage1", "stage2", "stage3"]
     if cfg.train.schedule == "naive":
-        specs = specs[1:]
+        names = names[1:]
     out: list[Stage] = []
-    for name, sec, flags in specs:
+    for name in names:
+        sec = getattr(cfg, name)
         if sec.epochs > 0:
-            out.append(Stage(index=len(out), name=name, epochs=sec.epochs, max_steps=sec.max_steps, **flags))
+            out.append(Stage(index=len(out), name=name, epochs=sec.epochs, max_steps=sec.max_steps))
     return out
-
-
-def loss_weights(stage: Stage, aux_weights: dict[str, float], aux_names: list[str]) -> dict[str, float]:
-    """Weight of each entry of the model's `losses` dict in the stage's objective."""
-    if stage.use_flow:
-        return {"flow": 1.0}
-    weights = {"action": 1.0}
-    if stage.use_aux:
-        weights.update({name: float(aux_weights.get(name, 1.0)) for name in aux_names})
-    return weights
