@@ -29,14 +29,10 @@ from pathlib import Path
 
 def warm_up(h5: Path, subtask: str) -> None:
     """Pay the one-off costs (imports, renderer start) before timing, so neither side carries them."""
-    import gymnasium as gym
-
-    import sgvla.envs  # noqa: F401
-    from sgvla.datagen.replay import OBS_MODE
+    from sgvla.datagen.replay import make_env
     from sgvla.datagen.sources import read_demo_file
 
-    demo = read_demo_file(h5, subtask)
-    env = gym.make(demo.env_id, **{**demo.env_kwargs, "obs_mode": OBS_MODE})
+    env = make_env("mini_kitchen", read_demo_file(h5, subtask), num_envs=1, sim_backend="physx_cpu")
     env.reset(seed=0)
     env.close()
 
@@ -100,8 +96,8 @@ def main() -> None:
         h5 = demos / f"{a.subtask}.h5"
         from sgvla.datagen.sources import read_demo_file
 
-        frames = sum(e.length for e in read_demo_file(h5, a.subtask).episodes)
-        n_eps = len(read_demo_file(h5, a.subtask).episodes)
+        episodes = read_demo_file(h5, a.subtask).episodes
+        frames, n_eps = sum(e.length for e in episodes), len(episodes)
         warm_up(h5, a.subtask)
         t_base = t_core = t_one = t_two = float("inf")
         for r in range(a.repeats):  # interleaved, best of each: the machine may be shared

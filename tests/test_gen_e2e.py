@@ -253,8 +253,7 @@ def test_kill_9_of_a_worker_then_of_the_driver_loses_and_duplicates_nothing(buil
         return None
 
     try:
-        worker = _wait_for(busy_worker, proc)
-        time.sleep(1.0)  # inside the shard: building the scene or replaying
+        worker = _wait_for(busy_worker, proc)  # its title names run_shard: it is inside the shard
         worker.kill()
         _wait_for(lambda: list((out / TASK / "data").glob("train-*.parquet")), proc)
         os.kill(proc.pid, signal.SIGKILL)

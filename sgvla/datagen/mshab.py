@@ -50,8 +50,8 @@ def required_paths(task: str, subtasks: tuple[str, ...], split: str = PLAN_SPLIT
     base = asset_root() / "scene_datasets" / "replica_cad_dataset"
     paths = [base / "configs" / "scenes", rearrange_dir() / split / task]
     for s in subtasks:
-        paths.append(rearrange_dir() / "task_plans" / task / s / split)
-        paths.append(rearrange_dir() / "spawn_data" / task / s / split / "spawn_data.pt")
+        paths.append(task_plans_dir(task, s, split))
+        paths.append(spawn_data_file(task, s, split))
     if any(s in ("pick", "place") for s in subtasks):
         paths.append(asset_root() / "assets" / "mani_skill2_ycb")
     return paths
@@ -87,8 +87,17 @@ def check_file(task: str, demo: DemoFile) -> None:
                          f"`{_download_hint()}`")
 
 
+def task_plans_dir(task: str, subtask: str, split: str = PLAN_SPLIT) -> Path:
+    """Folder of the per-object task-plan files of one subtask and split."""
+    return rearrange_dir() / "task_plans" / task / subtask / split
+
+
+def spawn_data_file(task: str, subtask: str, split: str = PLAN_SPLIT) -> Path:
+    return rearrange_dir() / "spawn_data" / task / subtask / split / "spawn_data.pt"
+
+
 def task_plan_file(task: str, demo: DemoFile) -> Path:
-    return rearrange_dir() / "task_plans" / task / demo.subtask / PLAN_SPLIT / f"{demo.target}.json"
+    return task_plans_dir(task, demo.subtask) / f"{demo.target}.json"
 
 
 def env_kwargs(task: str, demo: DemoFile) -> dict:
@@ -96,7 +105,7 @@ def env_kwargs(task: str, demo: DemoFile) -> dict:
     from mshab.envs.planner import plan_data_from_file
 
     plan_data = plan_data_from_file(task_plan_file(task, demo))
-    spawn = rearrange_dir() / "spawn_data" / task / demo.subtask / PLAN_SPLIT / "spawn_data.pt"
+    spawn = spawn_data_file(task, demo.subtask)
     return dict(task_plans=plan_data.plans, scene_builder_cls=plan_data.dataset, spawn_data_fp=str(spawn),
                 require_build_configs_repeated_equally_across_envs=False)
 

@@ -44,6 +44,7 @@ from sgvla.dataset.atomic import write_json_atomic
 from sgvla.dataset.layout import MANIFEST_PATH, PLAN_PATH, find_shards, read_json
 from sgvla.dataset.schema import SPLITS
 from sgvla.errors import SgvlaError
+from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, subtasks_for
 
 MAX_SHARD_ATTEMPTS = 3
@@ -107,7 +108,7 @@ def _generate_one(subtask: str, n: int, root: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session: _RaySession) -> Path:
+def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session: RaySession) -> Path:
     """Expert demos for the built-in scene, generated once into `<out>/.demos` and reused; several
     subtasks are recorded in parallel as Ray tasks."""
     n = episodes or DEFAULT_BUILTIN_EPISODES
@@ -125,7 +126,7 @@ def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session:
     import ray
     from ray.exceptions import RayTaskError
 
-    session.ensure()
+    session.start()
     task = ray.remote(num_cpus=1, max_retries=1)(_generate_one)
     try:
         ray.get([task.remote(s, n, root) for s in todo])
@@ -136,7 +137,7 @@ def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session:
 
 
 def _find_files(task: str, subtasks: tuple[str, ...], demos: Path | None, episodes: int,
-                out: Path, session: _RaySession) -> dict[str, list[DemoFile]]:
+                out: Path, session: RaySession) -> dict[str, list[DemoFile]]:
     if task == BUILTIN_TASK:
         if demos is None:
             demos = _builtin_demos(out, subtasks, episodes, session)
@@ -151,36 +152,6 @@ def _find_files(task: str, subtasks: tuple[str, ...], demos: Path | None, episod
     for f in (f for fs in files.values() for f in fs):
         mshab.check_file(task, f)
     return files
-
-
-class _RaySession:
-    """Ray for this run, started (or joined) on first need; shut down at the end if we started it."""
-
-    def __init__(self, address: str | None, workers: int):
-        self.address, self.workers = address, workers
-        self.active = self.started = False
-
-    def ensure(self) -> None:
-        import ray
-
-        if self.active:
-            return
-        self.active = True
-        if ray.is_initialized():
-            return
-        if self.address:
-            ray.init(address=self.address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(self.workers, os.cpu_count() or 1), include_dashboard=False,
-                     log_to_driver=False)
-        self.started = True
-
-    def close(self) -> None:
-        if self.started:
-            import ray
-
-            ray.shutdown()
-            self.started = False
 
 
 def _pool_shape(workers: int, n_todo: int, episodes_per_shard: int) -> dict:
@@ -423,7 +394,7 @@ def run_gen(task: str, subtask: str, episodes: int, out: Path, demos: Path | Non
     _check_args(split, episodes, workers, episodes_per_shard, out)
     fresh = not out.exists()
     _prepare_out(out, overwrite)
-    session = _RaySession(ray_address, workers)
+    session = RaySession(ray_address, num_cpus=max(workers, os.cpu_count() or 1))
     errors: dict[tuple[str, str, int], str] = {}
     t0 = time.time()
     try:
@@ -440,7 +411,7 @@ def run_gen(task: str, subtask: str, episodes: int, out: Path, demos: Path | Non
         if todo:
             print(f"{task}/{split}: {len(plan) - len(todo)} of {len(plan)} shards already done, "
                   f"{len(todo)} to go", file=sys.stderr)
-            session.ensure()
+            session.start()
             failed = _run_pool(out, task, todo, _pool_shape(workers, len(todo), episodes_per_shard))
             errors = {(task, split, i): why for i, why in failed.items()}
     finally:

@@ -32,14 +32,12 @@ import torch
 
 from sgvla.datagen import mshab as mshab_path
 from sgvla.datagen.drift import DriftCheck, DriftTolerance
-from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, episode_text, read_labels, resolve_target
+from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, _np, episode_text, read_labels, resolve_target
 from sgvla.datagen.plan import PlannedEpisode
 from sgvla.datagen.sources import DemoEpisode, DemoFile, EpisodeArrays, read_episode
 from sgvla.dataset.schema import FPS, encode_depth, encode_mask, encode_rgb
-from sgvla.tasks import BUILTIN_TASK, SUBTASKS
+from sgvla.tasks import SUBTASKS
 
-#: Observation mode the replay renders with: both Fetch cameras' RGB, depth and segmentation.
-OBS_MODE = "rgb+depth+segmentation"
 #: Simulators a worker keeps alive at once (e.g. one per subtask env of a mixed run).
 MAX_CACHED_ENVS = 2
 
@@ -65,9 +63,13 @@ class EpisodeResult:
 
 
 def make_env(task: str, demo: DemoFile, num_envs: int, sim_backend: str):
-    """Rebuild the env a demo file was recorded in, rendering what the dataset records."""
-    import gymnasium as gym
+    """Rebuild the env a demo file was recorded in, rendering what the dataset records (both
+    Fetch cameras' RGB, depth and segmentation: `make_env`'s default observation mode)."""
     import mani_skill.envs  # noqa: F401  (registers ManiSkill's own envs)
+
+    # Imported here, not at module level: `sgvla.envs` loads the simulator (and registers
+    # MiniKitchen*-v0), which the driver process never needs.
+    from sgvla.envs.make import DEFAULT_OBS_MODE, gym_make_checked
 
     kwargs = dict(demo.env_kwargs)
     if demo.env_id in mshab_path.MSHAB_ENV_IDS:
@@ -75,10 +77,8 @@ def make_env(task: str, demo: DemoFile, num_envs: int, sim_backend: str):
 
         importlib.import_module("mshab.envs")  # registers {Subtask}SubtaskTrain-v0
         kwargs.update(mshab_path.env_kwargs(task, demo))
-    elif demo.env_id.startswith("MiniKitchen") or task == BUILTIN_TASK:
-        import sgvla.envs  # noqa: F401  (registers MiniKitchen*-v0)
-    kwargs.update(obs_mode=OBS_MODE, num_envs=num_envs, sim_backend=sim_backend, render_mode=None)
-    return gym.make(demo.env_id, **kwargs)
+    kwargs.update(obs_mode=DEFAULT_OBS_MODE, num_envs=num_envs, sim_backend=sim_backend, render_mode=None)
+    return gym_make_checked(demo.env_id, **kwargs)
 
 
 def source_name(path: str) -> str:
@@ -86,10 +86,6 @@ def source_name(path: str) -> str:
     sits in a subtask folder (MS-HAB names pick and place files alike)."""
     p = Path(path)
     return f"{p.parent.name}/{p.name}" if p.parent.name in SUBTASKS else p.name
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def _state_at(states: list[dict], t: int, device) -> dict:
@@ -135,10 +131,10 @@ class _Batch:
 
     def check(self, step: int, lab: FrameLabels, obs: dict) -> None:
         extra = obs.get("extra", {}) if isinstance(obs, dict) else {}
+        extra = {k: _np(v) for k, v in extra.items() if isinstance(v, torch.Tensor)}  # one copy per step
         for i, p in enumerate(self.planned):
             if step <= p.length and self.drift[i].violation is None:
-                ex = {k: _np(v)[i] for k, v in extra.items() if isinstance(v, torch.Tensor)}
-                self.drift[i].update(step, lab.qpos[i], ex)
+                self.drift[i].update(step, lab.qpos[i], {k: v[i] for k, v in extra.items()})
 
     def add_obs(self, t: int, lab: FrameLabels) -> None:
         for i in self.live(t):

@@ -19,7 +19,7 @@ from sgvla.datagen.plan import ShardPlan, outcomes_path
 from sgvla.datagen.replay import EpisodeResult, Replayer
 from sgvla.datagen.sources import DemoFile, read_demo_file
 from sgvla.dataset.atomic import write_json_atomic
-from sgvla.dataset.schema import STATS_FIELDS, VECTOR_FIELDS
+from sgvla.dataset.schema import FEATURES, STATS_FIELDS, VECTOR_FIELDS
 from sgvla.dataset.shards import rows_to_table, write_shard
 from sgvla.dataset.stats import shard_stats, write_shard_stats
 
@@ -39,8 +39,6 @@ def _columns(kept: list[EpisodeResult]) -> dict[str, list]:
 
 def write_shard_files(root: Path, shard: ShardPlan, results: list[EpisodeResult]) -> int:
     """Outcomes -> stats -> Parquet for one shard (kept episodes only); returns its row count."""
-    from sgvla.dataset.schema import FEATURES
-
     kept = [r for r in sorted(results, key=lambda r: r.episode.episode_index) if r.status == "kept"]
     cols = _columns(kept) if kept else {k: [] for k in FEATURES}
     n = len(cols["index"])

@@ -192,12 +192,10 @@ class ScriptedExpert:
         return arm_goal
 
     # ---------------------------------------------------------------- subtask scripts
-    def _top_down(self, u, yaw_axis: np.ndarray, symmetry: int, qpos=None) -> np.ndarray:
+    def _top_down(self, u, yaw_axis: np.ndarray, symmetry: int) -> np.ndarray:
         """Top-down gripper rotation (approach -z) with the fingers along `yaw_axis` (or one of its
         `symmetry` equivalent turns about z), closest to the current gripper orientation."""
-        if qpos is None:
-            qpos = u.agent.robot.get_qpos()[0].cpu().numpy()
-        current = quat2mat(self._gripper_world(u, qpos).q)
+        current = quat2mat(self._gripper_now(u).q)
         cands = []
         for k in range(symmetry):
             a = 2 * np.pi * k / symmetry
@@ -215,8 +213,7 @@ class ScriptedExpert:
         x_axis[2] = 0
         symmetry = 4 if spec.name == "cube" else 2
         if spec.kind == "cylinder":  # any yaw works: keep the gripper's current one
-            qpos = u.agent.robot.get_qpos()[0].cpu().numpy()
-            x_axis = quat2mat(self._gripper_world(u, qpos).q)[:, 1]
+            x_axis = quat2mat(self._gripper_now(u).q)[:, 1]
             x_axis[2] = 0
         if np.linalg.norm(x_axis) < 1e-3:
             x_axis = np.array([1.0, 0, 0])
@@ -226,7 +223,7 @@ class ScriptedExpert:
         return _pose(p, rot)
 
     def _pick_stages(self, u) -> list[Stage]:
-        grasped = lambda e: bool(e.agent.is_grasping(e.label_target, max_angle=30)[0])  # noqa: E731
+        grasped = lambda e: bool(e.target_grasped()[0])  # noqa: E731
         return [
             Stage("pregrasp", GRIPPER_OPEN, lambda e: self._grasp_pose(e, 0.12), tol=0.015),
             Stage("descend", GRIPPER_OPEN, lambda e: self._grasp_pose(e), tol=0.006, speed=0.02),
@@ -252,7 +249,7 @@ class ScriptedExpert:
         return _pose(goal, upright) * obj_in_grip.inv()
 
     def _place_stages(self, u) -> list[Stage]:
-        released = lambda e: not bool(e.agent.is_grasping(e.label_target, max_angle=30)[0])  # noqa: E731
+        released = lambda e: not bool(e.target_grasped()[0])  # noqa: E731
         return [
             Stage("above", GRIPPER_CLOSED, lambda e: self._place_goal_pose(e, 0.10), tol=0.015),
             Stage("lower", GRIPPER_CLOSED, lambda e: self._place_goal_pose(e, 0.01), tol=0.006, speed=0.02),
@@ -298,8 +295,9 @@ class ScriptedExpert:
         return self._gripper_world(u, u.agent.robot.get_qpos()[0].cpu().numpy())
 
 
-def _shifted(pose: sapien.Pose, x: float = 0.0, z: float = 0.0) -> sapien.Pose:
-    return sapien.Pose(p=np.asarray(pose.p) + [x, 0, z], q=pose.q)
+def _shifted(pose: sapien.Pose, z: float) -> sapien.Pose:
+    """The same pose `z` metres higher (lifts and retreats straight up)."""
+    return sapien.Pose(p=np.asarray(pose.p) + [0, 0, z], q=pose.q)
 
 
 def _axis_angle(rv: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Building `mini_kitchen` envs, with a clear error when the machine cannot render.
 
-Every caller (demos, dataset generation, evaluation, benchmarks) goes through `make_env`, so the
-defaults that make recorded files replayable (CPU physics, MS-HAB's control mode) and the
-translation of SAPIEN's low-level Vulkan errors live in one place.
+`make_env` holds the defaults that make recorded files replayable (CPU physics, MS-HAB's control
+mode); demos, evaluation and the speed benchmark build mini_kitchen envs through it. Dataset
+generation rebuilds an env from a demo file's own id and kwargs instead, so the translation of
+SAPIEN's low-level Vulkan errors sits in `gym_make_checked`, which both go through.
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ def make_env(task: str = BUILTIN_TASK, subtask: str = "pick", obs_mode: str = DE
                          f"{BUILTIN_TASK!r} is built in")
     kwargs.setdefault("control_mode", CONTROL_MODE)
     kwargs.setdefault("sim_backend", "physx_cpu")
+    return gym_make_checked(env_id(subtask), obs_mode=obs_mode, **kwargs)
+
+
+def gym_make_checked(gym_id: str, **kwargs) -> gym.Env:
+    """`gym.make`, turning a missing or too old Vulkan driver into an SgvlaError with the fix
+    (SAPIEN's own message names no remedy)."""
     try:
-        return gym.make(env_id(subtask), obs_mode=obs_mode, **kwargs)
+        return gym.make(gym_id, **kwargs)
     except RuntimeError as e:
         if is_render_driver_error(e):
             raise SgvlaError(RENDER_FIX) from e

@@ -103,9 +103,11 @@ class MiniKitchenEnv(BaseEnv):
         self.counter.set_qpos(torch.tensor([[frac * S.DRAWER_RANGE]], dtype=torch.float32))
         self.counter.set_qvel(torch.zeros((1, 1)))
         self.mat.set_pose(Pose.create_from_pq(p=[0, 0, -5]))
+        self._refresh_targets()  # before _init_subtask: its instruction names `target_name`
         self.goal_xyz = self._init_subtask(rng, slots)
+        # The goal as a (1, 3) tensor too, converted once per episode for the per-step checks.
+        self.goal_pos = torch.as_tensor(self.goal_xyz, dtype=torch.float32, device=self.device)[None]
         self.goal_site.set_pose(Pose.create_from_pq(p=self.goal_xyz.tolist()))
-        self._refresh_targets()
 
     def _place_robot(self, rng: np.random.Generator) -> None:
         x = SPAWN_X[self.SUBTASK] + rng.uniform(-0.03, 0.03)
@@ -175,31 +177,42 @@ class MiniKitchenEnv(BaseEnv):
         return np.array([S.HANDLE_X - frac * S.DRAWER_RANGE, 0.0, S.HANDLE_Z])
 
     # ---------------------------------------------------------------- evaluation
-    def _rest_checks(self) -> dict[str, torch.Tensor]:
-        base_inv = self.agent.base_link.pose.inv()
-        tcp = (base_inv * self.agent.tcp_pose).p
+    def _tcp_rest_distance(self) -> torch.Tensor:
+        """Distance of the tcp from its rest position, in the base frame."""
+        tcp = (self.agent.base_link.pose.inv() * self.agent.tcp_pose).p
         rest = torch.as_tensor(self.rest_tcp_pos_wrt_base(), device=self.device)
-        ee_rest = torch.linalg.norm(tcp - rest, dim=-1) <= REST_EE_TOL
+        return torch.linalg.norm(tcp - rest, dim=-1)
+
+    def _rest_checks(self, tcp_rest_d: torch.Tensor) -> dict[str, torch.Tensor]:
         arm = self.agent.robot.get_qpos()[:, 3:13]  # torso, head and arm, as MS-HAB's qpos[3:-2]
         arm_rest = torch.as_tensor(REST_QPOS[3:13], device=self.device, dtype=arm.dtype)
         robot_rest = torch.all(torch.abs(arm - arm_rest) <= REST_QPOS_TOL, dim=-1)
-        return dict(ee_rest=ee_rest, robot_rest=robot_rest, is_static=self.agent.is_static(0.2))
+        return dict(ee_rest=tcp_rest_d <= REST_EE_TOL, robot_rest=robot_rest, is_static=self.agent.is_static(0.2))
 
-    def _is_grasped(self) -> torch.Tensor:
-        target = self.label_target
-        return self.agent.is_grasping(target, max_angle=30)
+    def target_grasped(self) -> torch.Tensor:
+        """Whether Fetch holds the target; the one grasp test of success, labels and the expert."""
+        return self.agent.is_grasping(self.label_target, max_angle=30)
 
     def evaluate(self) -> dict:
-        info = self._rest_checks()
-        info["is_grasped"] = self._is_grasped()
+        """Success = the subtask's effect and the robot back at rest (MS-HAB's rule for all four).
+
+        The tcp-to-rest distance is kept on the env (`_tcp_rest_d`) for the dense reward, which
+        ManiSkill computes right after this in the same step, rather than added to `info`.
+        """
+        self._tcp_rest_d = tcp_rest_d = self._tcp_rest_distance()
+        info = self._rest_checks(tcp_rest_d)
+        info["is_grasped"] = self.target_grasped()
         info["drawer_frac"] = self.drawer_fraction()
-        info.update(self._subtask_checks(info))
+        effect, named = self._effect(info)
+        info.update(named)
+        info["success"] = effect & info["ee_rest"] & info["robot_rest"] & info["is_static"]
         # No failure condition ends an episode early (MS-HAB's force limits are not modelled);
         # `fail` is still reported so recorded files carry MS-HAB's `fail` array.
         info["fail"] = torch.zeros_like(info["success"])
         return info
 
-    def _subtask_checks(self, info: dict) -> dict[str, torch.Tensor]:
+    def _effect(self, info: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(whether the subtask's effect holds, extra info keys naming it) for the current state."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- observations
@@ -209,7 +222,7 @@ class MiniKitchenEnv(BaseEnv):
 
     def _get_obs_extra(self, info: dict):
         base_inv = self.agent.base_link.pose.inv()
-        goal = Pose.create_from_pq(p=torch.as_tensor(self.goal_xyz, dtype=torch.float32)[None])
+        goal = Pose.create_from_pq(p=self.goal_pos)
         return dict(
             tcp_pose_wrt_base=vectorize_pose(base_inv * self.agent.tcp_pose),
             obj_pose_wrt_base=vectorize_pose(base_inv * self.label_target.pose),
@@ -224,9 +237,7 @@ class MiniKitchenEnv(BaseEnv):
         progress, done = self._progress(info)
         tcp = self.agent.tcp_pose.p
         reach = 1 - torch.tanh(5 * torch.linalg.norm(tcp - self.label_target.pose.p, dim=-1))
-        base_tcp = (self.agent.base_link.pose.inv() * self.agent.tcp_pose).p
-        rest_d = torch.linalg.norm(base_tcp - torch.as_tensor(self.rest_tcp_pos_wrt_base()), dim=-1)
-        rest = 1 - torch.tanh(5 * rest_d)
+        rest = 1 - torch.tanh(5 * self._tcp_rest_d)  # from this step's `evaluate`
         reward = torch.where(done, 3 + rest, reach + 2 * progress.clamp(0, 1))
         reward[info["success"]] = 5.0
         return reward
@@ -246,14 +257,13 @@ class MiniKitchenPickEnv(MiniKitchenEnv):
     SUBTASK = "pick"
 
     def _init_subtask(self, rng, slots):
-        self.instruction = f"pick up the {self.object_colors[self.target_idx]} {self.target_spec.name}"
+        self.instruction = f"pick up the {self.target_name}"
         # Goal: the tcp's rest position, as MS-HAB's pick (the object ends up there).
         base = self.agent.robot.pose.sp * self.fk(REST_QPOS, "base_link")
         return np.asarray((base * sapien.Pose(p=self.rest_tcp_pos_wrt_base())).p)
 
-    def _subtask_checks(self, info):
-        ok = info["is_grasped"] & info["ee_rest"] & info["robot_rest"] & info["is_static"]
-        return dict(success=ok)
+    def _effect(self, info):
+        return info["is_grasped"], {}
 
     def _progress(self, info):
         lifted = self.label_target.pose.p[:, 2] > S.COUNTER_TOP_Z + self.target_spec.height / 2 + 0.05
@@ -269,7 +279,7 @@ class MiniKitchenPlaceEnv(MiniKitchenEnv):
 
     def _init_subtask(self, rng, slots):
         spec = self.target_spec
-        self.instruction = f"place the {self.object_colors[self.target_idx]} {spec.name} on the mat"
+        self.instruction = f"place the {self.target_name} on the mat"
         # The target's slot is free; put the mat on another free slot (5 slots, 4 objects).
         free = [int(slots[self.target_idx]), int(slots[len(self.objects)])]
         slot = free[int(rng.integers(2))]
@@ -295,15 +305,14 @@ class MiniKitchenPlaceEnv(MiniKitchenEnv):
         obj.set_linear_velocity(torch.zeros(3))
         obj.set_angular_velocity(torch.zeros(3))
 
-    def _subtask_checks(self, info):
-        d = torch.linalg.norm(self.label_target.pose.p - torch.as_tensor(self.goal_xyz, dtype=torch.float32), dim=-1)
-        info["obj_at_goal"] = d <= GOAL_RADIUS
-        ok = ~info["is_grasped"] & info["obj_at_goal"] & info["ee_rest"] & info["robot_rest"] & info["is_static"]
-        return dict(success=ok, obj_at_goal=info["obj_at_goal"])
+    def _effect(self, info):
+        # Kept for `_progress`, which the dense reward calls right after in the same step.
+        self._goal_d = torch.linalg.norm(self.label_target.pose.p - self.goal_pos, dim=-1)
+        at_goal = self._goal_d <= GOAL_RADIUS
+        return ~info["is_grasped"] & at_goal, dict(obj_at_goal=at_goal)
 
     def _progress(self, info):
-        d = torch.linalg.norm(self.label_target.pose.p - torch.as_tensor(self.goal_xyz, dtype=torch.float32), dim=-1)
-        return 1 - torch.tanh(5 * d), info["obj_at_goal"] & ~info["is_grasped"]
+        return 1 - torch.tanh(5 * self._goal_d), info["obj_at_goal"] & ~info["is_grasped"]
 
 
 @register_env("MiniKitchenOpen-v0", max_episode_steps=MAX_EPISODE_STEPS)
@@ -316,11 +325,9 @@ class MiniKitchenOpenEnv(MiniKitchenEnv):
         self.instruction = "open the drawer"
         return self.handle_pos_at(1.0)
 
-    def _subtask_checks(self, info):
+    def _effect(self, info):
         opened = info["drawer_frac"] >= OPEN_FRAC
-        ok = opened & info["ee_rest"] & info["robot_rest"] & info["is_static"]
-        info["articulation_open"] = opened
-        return dict(success=ok, articulation_open=opened)
+        return opened, dict(articulation_open=opened)
 
     def _progress(self, info):
         return info["drawer_frac"] / OPEN_FRAC, info["articulation_open"]
@@ -336,11 +343,9 @@ class MiniKitchenCloseEnv(MiniKitchenEnv):
         self.instruction = "close the drawer"
         return self.handle_pos_at(0.0)
 
-    def _subtask_checks(self, info):
+    def _effect(self, info):
         closed = info["drawer_frac"] <= CLOSED_FRAC
-        ok = closed & info["ee_rest"] & info["robot_rest"] & info["is_static"]
-        info["articulation_closed"] = closed
-        return dict(success=ok, articulation_closed=closed)
+        return closed, dict(articulation_closed=closed)
 
     def _progress(self, info):
         return 1 - info["drawer_frac"], info["articulation_closed"]
