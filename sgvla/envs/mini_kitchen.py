@@ -194,13 +194,8 @@ class MiniKitchenEnv(BaseEnv):
         return self.agent.is_grasping(self.label_target, max_angle=30)
 
     def evaluate(self) -> dict:
-        """Success = the subtask's effect and the robot back at rest (MS-HAB's rule for all four).
-
-        The tcp-to-rest distance is kept on the env (`_tcp_rest_d`) for the dense reward, which
-        ManiSkill computes right after this in the same step, rather than added to `info`.
-        """
-        self._tcp_rest_d = tcp_rest_d = self._tcp_rest_distance()
-        info = self._rest_checks(tcp_rest_d)
+        """Success = the subtask's effect and the robot back at rest (MS-HAB's rule for all four)."""
+        info = self._rest_checks(self._tcp_rest_distance())
         info["is_grasped"] = self.target_grasped()
         info["drawer_frac"] = self.drawer_fraction()
         effect, named = self._effect(info)
@@ -237,7 +232,7 @@ class MiniKitchenEnv(BaseEnv):
         progress, done = self._progress(info)
         tcp = self.agent.tcp_pose.p
         reach = 1 - torch.tanh(5 * torch.linalg.norm(tcp - self.label_target.pose.p, dim=-1))
-        rest = 1 - torch.tanh(5 * self._tcp_rest_d)  # from this step's `evaluate`
+        rest = 1 - torch.tanh(5 * self._tcp_rest_distance())
         reward = torch.where(done, 3 + rest, reach + 2 * progress.clamp(0, 1))
         reward[info["success"]] = 5.0
         return reward
@@ -305,14 +300,15 @@ class MiniKitchenPlaceEnv(MiniKitchenEnv):
         obj.set_linear_velocity(torch.zeros(3))
         obj.set_angular_velocity(torch.zeros(3))
 
+    def _goal_distance(self) -> torch.Tensor:
+        return torch.linalg.norm(self.label_target.pose.p - self.goal_pos, dim=-1)
+
     def _effect(self, info):
-        # Kept for `_progress`, which the dense reward calls right after in the same step.
-        self._goal_d = torch.linalg.norm(self.label_target.pose.p - self.goal_pos, dim=-1)
-        at_goal = self._goal_d <= GOAL_RADIUS
+        at_goal = self._goal_distance() <= GOAL_RADIUS
         return ~info["is_grasped"] & at_goal, dict(obj_at_goal=at_goal)
 
     def _progress(self, info):
-        return 1 - torch.tanh(5 * self._goal_d), info["obj_at_goal"] & ~info["is_grasped"]
+        return 1 - torch.tanh(5 * self._goal_distance()), info["obj_at_goal"] & ~info["is_grasped"]
 
 
 @register_env("MiniKitchenOpen-v0", max_episode_steps=MAX_EPISODE_STEPS)
