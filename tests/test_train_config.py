@@ -14,6 +14,7 @@ from sgvla.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     read_checkpoint,
+    rng_state,
     write_checkpoint,
 )
 from sgvla.train.config import batch_plan, config_from_dict, load_config
@@ -132,7 +133,7 @@ def test_checkpoint_round_trip_with_tied_weights(tmp_path):
     state = {"a.weight": emb, "b.weight": emb, "c": torch.arange(4.0)}
     opt = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
     st = TrainerState(stage=1, stage_name="stage2", epoch=2, step_in_epoch=4, global_step=17, fingerprint="x")
-    path = write_checkpoint(tmp_path, st, state, opt, [{"torch": torch.get_rng_state()}])
+    path = write_checkpoint(tmp_path, st, state, opt, [rng_state()])
     (tmp_path / ".tmp-step-00000099-1").mkdir()  # a half-written one from a killed run
     assert latest_checkpoint(tmp_path) == path and list_checkpoints(tmp_path) == [path]
     st2, model, opt2, rngs = read_checkpoint(path)

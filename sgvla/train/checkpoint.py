@@ -4,7 +4,8 @@ A checkpoint is a folder `RUN/checkpoints/step-NNNNNNNN/` holding
 
 * `model.safetensors`: the full (unsharded) model state;
 * `optimizer.pt`: the full Adam state, keyed by parameter name (the same file for DDP and FSDP);
-* `rng.pt`: every rank's torch / CUDA / numpy / python RNG states;
+* `rng.json`: every rank's torch / CUDA / numpy / python RNG states as plain numbers (JSON, so
+  resuming never unpickles anything a run folder holds);
 * `trainer_state.json`: where in the schedule it was taken (stage, epoch, step in epoch, global
   step), from which the sampler position follows, plus the run's compatibility fingerprint.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -29,11 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from sgvla.errors import SgvlaError
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
-RNG_FILE = "rng.pt"
+RNG_FILE = "rng.json"
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step-"
@@ -99,19 +104,25 @@ def load_model_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict:
-    """This process's RNG states (restored on resume)."""
-    out = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG states as JSON-safe numbers (restored on resume)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    out = {"torch": torch.get_rng_state().tolist(),
+           "numpy": {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+           "python": {"version": version, "state": list(internal), "gauss": py_gauss}}
     if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
+        out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return out
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def write_checkpoint(root: Path, state: TrainerState, model_state: dict[str, torch.Tensor],
@@ -126,7 +137,7 @@ def write_checkpoint(root: Path, state: TrainerState, model_state: dict[str, tor
     try:
         save_model_state(model_state, tmp / MODEL_FILE)
         torch.save(optim_state, tmp / OPTIM_FILE)
-        torch.save(rng_states, tmp / RNG_FILE)
+        (tmp / RNG_FILE).write_text(json.dumps(rng_states))
         (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1) + "\n")
         for p in tmp.iterdir():
             with open(p, "rb") as f:
@@ -146,10 +157,16 @@ def read_state(path: Path) -> TrainerState:
 def read_checkpoint(path: Path) -> tuple[TrainerState, dict[str, torch.Tensor], dict, list[dict]]:
     """(trainer state, model state, optimizer state, per-rank RNG states) of a checkpoint folder."""
     path = Path(path)
-    model_state = load_model_state(path / MODEL_FILE)
-    optim_state = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
-    rng_states = torch.load(path / RNG_FILE, map_location="cpu", weights_only=False)
-    return read_state(path), model_state, optim_state, rng_states
+    try:
+        model_state = load_model_state(path / MODEL_FILE)
+        # weights_only: a planted pickle in a run folder must never run code on --resume
+        optim_state = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
+        rng_states = json.loads((path / RNG_FILE).read_text())
+        return read_state(path), model_state, optim_state, rng_states
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError,
+            SafetensorError) as e:
+        raise SgvlaError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "delete that folder to resume from the one before it") from e
 
 
 def list_checkpoints(root: Path) -> list[Path]:
