@@ -41,7 +41,7 @@ else
 fi
 step "5/6 loss curves" sgvla plot "$OUT/run" --out "$OUT/run/losses.png"
 
-step "6/6 closed-loop evaluation in the simulator" \
+step "6/6 closed-loop evaluation in the simulator, on held-out val episodes" \
   sgvla eval --model "$OUT/run" --task mini_kitchen --subtask all --episodes "$EVAL_EPISODES" \
   --out "$OUT/eval" --workers "$WORKERS" --video ${SGVLA_EVAL_MAX_STEPS:+--max-steps "$SGVLA_EVAL_MAX_STEPS"}
 
@@ -53,4 +53,9 @@ Done in $((SECONDS - t0)) s. What to open:
   episode picture / animation   $OUT/viz/
   training run, loss curves     $OUT/run  ($OUT/run/losses.png; final model in $OUT/run/model)
   evaluation table and videos   $OUT/eval/results.md, $OUT/eval/videos/
+
+About the demo model: it is the tiny preset trained for 60 steps on $EPISODES demos per subtask, a
+check that every stage of the pipeline runs, not a policy; expect it to fail on the val episodes.
+The recipe that learns on this scene is configs/cpu_recipe.yaml (run it with scripts/cpu_recipe.sh);
+what it measured, with seeds and intervals, is in docs/results.md.
 TXT

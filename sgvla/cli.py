@@ -54,12 +54,17 @@ def demos(
     subtask: str = typer.Option("all", help="pick, place, open, close or all."),
     episodes: int = typer.Option(20, help="Episodes to attempt per subtask (one seed each)."),
     out: Path = typer.Option(Path("outputs/demos"), help="Output folder for <subtask>.h5/.json."),
-    seed: int = typer.Option(0, help="First seed; episode i uses seed + i."),
+    seed: int = typer.Option(0, help="First episode of the split; attempt i is episode seed + i."),
+    split: str = typer.Option("train", help="Episode split: train (default; what you train on) or val."),
+    noise: float = typer.Option(0.0, help="Std of Gaussian noise on the executed arm actions (labels stay "
+                                          "the expert's: DART-style recovery data); 0 = none."),
+    repeats: int = typer.Option(1, help="Record each episode this many times: clean, then with --noise."),
 ) -> None:
     """Generate scripted expert demonstrations on the built-in scene (ManiSkill trajectory files)."""
     from sgvla.envs.demos import generate_demos
 
-    generate_demos(task=task, subtask=subtask, episodes=episodes, out=out, seed=seed)
+    generate_demos(task=task, subtask=subtask, episodes=episodes, out=out, seed=seed, split=split, noise=noise,
+                   repeats=repeats)
 
 
 @command("gen")
@@ -171,7 +176,8 @@ def eval_(
     episodes: int = typer.Option(30, help="Episodes per subtask."),
     out: Path = typer.Option(..., help="Folder for results.json, results.md and videos."),
     mode: str = typer.Option("auto", help="tokens, flow or auto (per subtask)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="First episode of the split; episode i is seed + i."),
+    split: str = typer.Option("val", help="Episode split: val (default, held out from training) or train."),
     workers: int = typer.Option(0, help="Ray workers (0 = one per CPU core)."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster (default: a private local one)."),
     video: bool = typer.Option(False, help="Save MP4s of head and hand views."),
@@ -181,7 +187,7 @@ def eval_(
     from sgvla.eval.runner import run_eval
 
     run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,
-             workers=workers, ray_address=ray_address, video=video, max_steps=max_steps)
+             split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -25,6 +25,16 @@ MSHAB_DEMO_REPOS = {
     "set_table": "arth-shukla/MS-HAB-SetTable",
 }
 CONTROL_FREQ_HZ = 20
+#: Demo files (ManiSkill trajectory layout): the optional per-trajectory dataset holding the clean
+#: expert action of each step when the executed `actions` were perturbed (`sgvla demos --noise`).
+EXPERT_ACTIONS = "expert_actions"
+
+#: Episode splits of the built-in scene. Every random choice of an episode is drawn from its reset
+#: seed, so disjoint seed ranges give train and val episodes that can never overlap (MS-HAB gets the
+#: same guarantee from separate train/val scenes). `sgvla demos` draws train seeds, `sgvla eval` val.
+SPLITS: tuple[str, ...] = ("train", "val")
+SPLIT_SIZE = 1_000_000
+_SPLIT_BASE = {"train": 0, "val": SPLIT_SIZE}
 
 
 def subtasks_for(task: str, subtask: str) -> tuple[str, ...]:
@@ -40,3 +50,20 @@ def subtasks_for(task: str, subtask: str) -> tuple[str, ...]:
         raise SgvlaError(f"task {task!r} has no subtask {subtask!r} (--subtask): choose one of "
                          f"{', '.join(have)} or 'all'")
     return (subtask,)
+
+
+def split_seeds(split: str, start: int, count: int) -> list[int]:
+    """Reset seeds of episodes start .. start+count-1 of a built-in split (`--seed` is `start`)."""
+    from sgvla.errors import SgvlaError
+
+    if split not in SPLITS:
+        raise SgvlaError(f"unknown split {split!r} (--split): choose one of {', '.join(SPLITS)}")
+    if start < 0 or start + count > SPLIT_SIZE:
+        raise SgvlaError(f"--seed {start} with {count} episodes leaves the {split} split (episodes 0.."
+                         f"{SPLIT_SIZE - 1}): use a --seed between 0 and {SPLIT_SIZE - count}")
+    return [_SPLIT_BASE[split] + start + i for i in range(count)]
+
+
+def split_of_seed(seed: int) -> str | None:
+    """The built-in split a reset seed belongs to (None outside every split)."""
+    return next((name for name, base in _SPLIT_BASE.items() if base <= seed < base + SPLIT_SIZE), None)

@@ -30,6 +30,8 @@ def _demos(*args: str):
         (["--subtask", "juggle"], "--subtask"),
         (["--episodes", "0"], "--episodes"),
         (["--seed", "-1"], "--seed"),
+        (["--seed", "999999", "--episodes", "2"], "--seed"),
+        (["--split", "test"], "--split"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, args, flag):

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from sgvla.cli import app
 from sgvla.eval.runner import run_eval
+from sgvla.tasks import SPLIT_SIZE
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +43,10 @@ def test_expert_succeeds_random_fails_and_reruns_repeat(tmp_path):
     assert all(e["failure"] for e in rand["episodes"])
 
     saved = json.loads((tmp_path / "expert" / "results.json").read_text())
-    assert [e["seed"] for e in saved["episodes"]] == [0, 1, 2, 3, 4]
+    val = list(range(SPLIT_SIZE, SPLIT_SIZE + 5))  # held-out episodes by default
+    assert saved["split"] == "val" and saved["seeds"] == val and [e["seed"] for e in saved["episodes"]] == val
     table = (tmp_path / "expert" / "results.md").read_text()
-    assert "| Pick | Place | Open | Close | Avg. |" in table
+    assert "| Pick | Place | Open | Close | Avg. |" in table and f"val episodes (reset seeds {val[0]}.." in table
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_tiny_model_runs_end_to_end(tiny_checkpoint, tmp_path, mode):
     assert ep["steps"] == 12 and ep["success"] is False
     assert res["views"] == ["head_rgb", "hand_rgb", "head_depth"]
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
-    video = tmp_path / "videos" / "pick-seed0.mp4"
+    video = tmp_path / "videos" / f"pick-seed{SPLIT_SIZE}.mp4"
     assert video.stat().st_size > 1000
     import imageio.v3 as iio
 
@@ -84,6 +86,9 @@ def test_bad_input_fails_before_rollouts(tmp_path):
         (["--model", str(tmp_path / "missing")], "no such checkpoint"),
         (["--model", "expert", "--mode", "fast"], "--mode"),
         (["--model", "expert", "--task", "set_table"], "MS-HAB"),
+        (["--model", "expert", "--workers", "-1"], "--workers"),
+        (["--model", "expert", "--seed", "-1"], "--seed"),
+        (["--model", "expert", "--split", "test"], "--split"),
     ]
     for args, needle in cases:
         res = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "o")])

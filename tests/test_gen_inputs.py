@@ -295,3 +295,21 @@ def test_builtin_task_rejects_foreign_demos(tmp_path):
     with pytest.raises(SgvlaError, match="not the mini_kitchen scene"):
         _gen(tmp_path, subtask="pick", demos=tmp_path / "demos")
     assert not (tmp_path / "ds").exists()
+
+
+def test_builtin_split_seeds_never_overlap_and_gen_keeps_val_out_of_train(tmp_path):
+    from sgvla.tasks import SPLIT_SIZE, split_of_seed, split_seeds
+
+    train, val = split_seeds("train", 0, 100), split_seeds("val", 0, 100)
+    assert not set(train) & set(val) and {split_of_seed(s) for s in val} == {"val"}
+    with pytest.raises(SgvlaError, match="leaves the val split"):
+        split_seeds("val", SPLIT_SIZE - 1, 2)
+    path = write_mshab_file(tmp_path / "demos" / "pick.h5", n_eps=2)
+    doc = json.loads(path.with_suffix(".json").read_text())
+    doc["env_info"]["env_id"] = "MiniKitchenPick-v0"
+    for ep, seed in zip(doc["episodes"], (train[0], val[3]), strict=True):
+        ep["reset_kwargs"] = {"seed": seed}
+    path.with_suffix(".json").write_text(json.dumps(doc))
+    with pytest.raises(SgvlaError, match=rf"traj_1 has reset seed {val[3]}, which belongs to the val split"):
+        _gen(tmp_path, subtask="pick", demos=tmp_path / "demos")
+    assert not (tmp_path / "ds").exists()

@@ -42,10 +42,9 @@ from sgvla.datagen.plan import (
 from sgvla.datagen.sources import DemoFile, find_demo_files
 from sgvla.dataset.atomic import write_json_atomic
 from sgvla.dataset.layout import MANIFEST_PATH, PLAN_PATH, find_shards, read_json
-from sgvla.dataset.schema import SPLITS
 from sgvla.errors import SgvlaError
 from sgvla.raysession import RaySession
-from sgvla.tasks import BUILTIN_TASK, subtasks_for
+from sgvla.tasks import BUILTIN_TASK, SPLITS, split_of_seed, subtasks_for
 
 MAX_SHARD_ATTEMPTS = 3
 #: Episodes per subtask generated on the spot for the built-in task when --episodes is 0.
@@ -95,33 +94,35 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _generate_one(subtask: str, n: int, root: Path) -> None:
+def _generate_one(subtask: str, n: int, root: Path, split: str) -> None:
     """Record one subtask's demos under a temporary name, then move them into `root`."""
     from sgvla.envs.demos import generate_demos
 
     tmp = root / f".tmp-{subtask}"
     shutil.rmtree(tmp, ignore_errors=True)
-    generate_demos(task=BUILTIN_TASK, subtask=subtask, episodes=n, out=tmp, seed=DEMO_SEED, progress=False)
+    generate_demos(task=BUILTIN_TASK, subtask=subtask, episodes=n, out=tmp, seed=DEMO_SEED, progress=False,
+                   split=split)
     for ext in (".json", ".h5"):
         os.replace(tmp / f"{subtask}{ext}", root / f"{subtask}{ext}")
-    write_json_atomic(root / f".{subtask}.done.json", {"episodes": n, "seed": DEMO_SEED})
+    write_json_atomic(root / f".{subtask}.done.json", {"episodes": n, "seed": DEMO_SEED, "split": split})
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session: RaySession) -> Path:
-    """Expert demos for the built-in scene, generated once into `<out>/.demos` and reused; several
-    subtasks are recorded in parallel as Ray tasks."""
+def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session: RaySession,
+                   split: str) -> Path:
+    """Expert demos of `split`'s episodes for the built-in scene, generated once into `<out>/.demos`
+    (val ones into `.demos/val`) and reused; several subtasks are recorded in parallel as Ray tasks."""
     n = episodes or DEFAULT_BUILTIN_EPISODES
-    root = out / DEMOS_DIR
+    root = out / DEMOS_DIR if split == "train" else out / DEMOS_DIR / split
     root.mkdir(parents=True, exist_ok=True)
-    want = {"episodes": n, "seed": DEMO_SEED}
+    want = {"episodes": n, "seed": DEMO_SEED, "split": split}
     todo = [s for s in subtasks
             if read_json(root / f".{s}.done.json") != want or not (root / f"{s}.h5").is_file()]
     if not todo:
         return root
     print(f"generating {n} expert demos per subtask ({', '.join(todo)}) into {root}", file=sys.stderr)
     if len(todo) == 1:
-        _generate_one(todo[0], n, root)
+        _generate_one(todo[0], n, root, split)
         return root
     import ray
     from ray.exceptions import RayTaskError
@@ -129,7 +130,7 @@ def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session:
     session.start()
     task = ray.remote(num_cpus=1, max_retries=1)(_generate_one)
     try:
-        ray.get([task.remote(s, n, root) for s in todo])
+        ray.get([task.remote(s, n, root, split) for s in todo])
     except RayTaskError as e:
         cause = getattr(e, "cause", None)
         raise (cause if isinstance(cause, SgvlaError) else e) from None
@@ -137,10 +138,10 @@ def _builtin_demos(out: Path, subtasks: tuple[str, ...], episodes: int, session:
 
 
 def _find_files(task: str, subtasks: tuple[str, ...], demos: Path | None, episodes: int,
-                out: Path, session: RaySession) -> dict[str, list[DemoFile]]:
+                out: Path, session: RaySession, split: str) -> dict[str, list[DemoFile]]:
     if task == BUILTIN_TASK:
         if demos is None:
-            demos = _builtin_demos(out, subtasks, episodes, session)
+            demos = _builtin_demos(out, subtasks, episodes, session, split)
         files = find_demo_files(demos, subtasks)
         for f in (f for fs in files.values() for f in fs):
             if not f.env_id.startswith("MiniKitchen"):
@@ -386,6 +387,21 @@ def _summary(manifest: dict, config: str, split: str) -> str:
     return "\n".join(lines)
 
 
+def _check_split_seeds(task: str, split: str, files: dict[str, list[DemoFile]]) -> None:
+    """Built-in scene: every demo's reset seed must lie in `split`'s seed range, so a val
+    episode can never end up in a train dataset (or the other way round)."""
+    if task != BUILTIN_TASK:
+        return
+    for demo_files in files.values():
+        for f in demo_files:
+            for e in f.episodes:
+                seed = e.reset_kwargs.get("seed")
+                if isinstance(seed, int) and split_of_seed(seed) != split:
+                    raise SgvlaError(f"{f.path} {e.traj} has reset seed {seed}, which belongs to the "
+                                     f"{split_of_seed(seed) or 'no'} split, not --split {split}: record "
+                                     f"{split} demos with `sgvla demos --split {split}`")
+
+
 def run_gen(task: str, subtask: str, episodes: int, out: Path, demos: Path | None, split: str,
             workers: int, ray_address: str | None, episodes_per_shard: int, overwrite: bool) -> bool:
     """Record the dataset (see the module docstring); True when no episode failed."""
@@ -398,7 +414,9 @@ def run_gen(task: str, subtask: str, episodes: int, out: Path, demos: Path | Non
     errors: dict[tuple[str, str, int], str] = {}
     t0 = time.time()
     try:
-        files = _find_files(task, subtasks, Path(demos) if demos is not None else None, episodes, out, session)
+        files = _find_files(task, subtasks, Path(demos) if demos is not None else None, episodes, out, session,
+                            split)
+        _check_split_seeds(task, split, files)
         plan = build_plan(task, split, files, episodes, episodes_per_shard)
         store_plan(out, task, split, plan)
     except SgvlaError:

@@ -158,7 +158,7 @@ class _Batch:
             r["obj_pose"].append(lab.obj_pose[i].tolist())
             r["obj_pose_world"].append(lab.obj_pose_world[i].tolist())
             r["is_grasped"].append(bool(lab.is_grasped[i]))
-            r["action"].append(self.arrays[i].actions[t].tolist())
+            r["action"].append(self.arrays[i].labels[t].tolist())
 
     def add_step(self, t: int, reward, success) -> None:
         reward, success = _np(reward).reshape(-1), _np(success).reshape(-1)

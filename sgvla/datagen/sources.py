@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from sgvla.errors import SgvlaError
-from sgvla.tasks import SUBTASKS
+from sgvla.tasks import EXPERT_ACTIONS, SUBTASKS
 
 KINDS = ("env_states", "mshab", "actions")
 #: JSON episode keys MS-HAB's recorder adds; they rebuild the episode's start state.
@@ -196,6 +196,9 @@ class EpisodeArrays:
     """What the replay needs from one trajectory of the h5 (read in the worker, not the driver)."""
 
     actions: np.ndarray
+    #: The action each row is labelled with: the expert's own (`expert_actions`) where the demo
+    #: executed a perturbed one (noise injection, `sgvla demos --noise`), else `actions`.
+    labels: np.ndarray
     env_states: dict | None
     qpos: np.ndarray | None
     extra: dict[str, np.ndarray]
@@ -213,8 +216,14 @@ def read_episode(path: Path, traj: str) -> EpisodeArrays:
         obs = g.get("obs")
         qpos = obs["agent"]["qpos"][()] if obs is not None and "agent" in obs else None
         extra = _read_group(obs["extra"]) if obs is not None and "extra" in obs else {}
+        actions = g["actions"][()].astype(np.float32)
+        labels = g[EXPERT_ACTIONS][()].astype(np.float32) if EXPERT_ACTIONS in g else actions
+        if labels.shape != actions.shape:
+            raise SgvlaError(f"{path} {traj}/{EXPERT_ACTIONS} has shape {labels.shape}, its actions "
+                             f"{actions.shape}: re-record the demos")
         return EpisodeArrays(
-            actions=g["actions"][()].astype(np.float32),
+            actions=actions,
+            labels=labels,
             env_states=_read_group(g["env_states"]) if "env_states" in g else None,
             qpos=qpos,
             extra=extra,

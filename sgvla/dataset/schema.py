@@ -83,7 +83,6 @@ FEATURES = Features(
     }
 )
 
-SPLITS = ("train", "val")
 STATS_PATH = "meta/stats.json"
 
 

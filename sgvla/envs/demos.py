@@ -5,6 +5,13 @@ Files follow MS-HAB's published layout (`traj_N/obs/agent/qpos` 12-D, `obs/extra
 `episodes[i]` with `episode_seed` and `reset_kwargs`) plus `env_states`, because they are written
 by ManiSkill's own `RecordEpisode`: ManiSkill's `replay_trajectory` replays them unchanged. Only
 successful episodes are kept; the success rate is reported per subtask.
+
+Noise injection (`noise` > 0, DART): the arm executes the expert's action plus Gaussian noise, while
+each step's label stays the expert's clean action for the state actually reached (stored as
+`traj_N/expert_actions`, which `sgvla gen` uses as the dataset's `action`). A policy trained on
+that has seen how to come back to the demonstrated path from small deviations, which a scripted
+expert that never leaves its ideal path cannot show. With `repeats` > 1 every episode is recorded
+that many times: the clean demonstration first, then perturbed copies (fresh noise each).
 """
 
 from __future__ import annotations
@@ -12,50 +19,62 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from sgvla.errors import SgvlaError
-from sgvla.tasks import BUILTIN_TASK, subtasks_for
+from sgvla.tasks import BUILTIN_TASK, EXPERT_ACTIONS, split_seeds, subtasks_for
 
 #: MS-HAB's demos are recorded with obs_mode "rgbd" (RGB + depth, no segmentation).
 DEMO_OBS_MODE = "rgbd"
 SETTLE_STEPS = 5
+#: Action dimensions noise is added to: the 7 arm joints (gripper, body and base stay clean).
+NOISE_DIMS = slice(0, 7)
 
 
-def check_demo_args(task: str, subtask: str, episodes: int, out: Path, seed: int = 0) -> tuple[str, ...]:
-    """Validate the CLI arguments before any simulator work; returns the subtasks to record."""
+def check_demo_args(task: str, subtask: str, episodes: int, out: Path, seed: int = 0,
+                    split: str = "train", noise: float = 0.0,
+                    repeats: int = 1) -> tuple[tuple[str, ...], list[int]]:
+    """Validate the CLI arguments before any simulator work; returns the subtasks to record and
+    the reset seeds of the attempts (episodes seed .. seed+episodes-1 of `split`)."""
     subtasks = subtasks_for(task, subtask)
     if task != BUILTIN_TASK:
         raise SgvlaError(f"--task {task!r}: scripted expert demos exist only for {BUILTIN_TASK!r}; MS-HAB "
                          "tasks use MS-HAB's published demos (see README.md)")
     if episodes < 1:
         raise SgvlaError(f"--episodes must be at least 1 (got {episodes})")
-    if seed < 0:
-        raise SgvlaError(f"--seed must be 0 or more (got {seed}): simulator seeds are unsigned")
+    seeds = split_seeds(split, seed, episodes)
+    if not 0.0 <= noise <= 1.0:
+        raise SgvlaError(f"--noise must be between 0 and 1 (std of the arm action noise), got {noise}")
+    if repeats < 1 or (repeats > 1 and noise == 0):
+        raise SgvlaError(f"--repeats {repeats}: give 1, or more together with --noise > 0 (repeats without "
+                         "noise would record the same trajectory again)")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SgvlaError(f"--out {out} is a file; pass a folder (it receives <subtask>.h5 and .json)")
-    return subtasks
+    return subtasks, seeds
 
 
 def generate_demos(task: str = BUILTIN_TASK, subtask: str = "all", episodes: int = 20,
                    out: Path = Path("outputs/demos"), seed: int = 0, obs_mode: str = DEMO_OBS_MODE,
-                   progress: bool = True) -> dict[str, float]:
-    """Record `episodes` expert attempts (seeds seed..seed+episodes-1) per subtask into
-    `<out>/<subtask>.h5/.json`; returns the expert success rate per subtask."""
-    subtasks = check_demo_args(task, subtask, episodes, out, seed)
+                   progress: bool = True, split: str = "train", noise: float = 0.0,
+                   repeats: int = 1) -> dict[str, float]:
+    """Record `episodes` expert attempts (episodes seed..seed+episodes-1 of `split`) per subtask
+    into `<out>/<subtask>.h5/.json`; returns the expert success rate per subtask."""
+    subtasks, seeds = check_demo_args(task, subtask, episodes, out, seed, split, noise, repeats)
+    attempts = [(s, r) for s in seeds for r in range(repeats)]
     out = Path(out)
     rates = {}
     for sub in subtasks:
-        kept = record_subtask(sub, episodes, out, seed, obs_mode, progress)
-        rates[sub] = kept / episodes
-        print(f"{sub}: expert success {kept}/{episodes} = {rates[sub]:.0%}; kept {kept} episodes in "
+        kept = record_subtask(sub, attempts, out, obs_mode, progress, noise)
+        rates[sub] = kept / len(attempts)
+        print(f"{sub}: expert success {kept}/{len(attempts)} = {rates[sub]:.0%}; kept {kept} episodes in "
               f"{out / sub}.h5")
     return rates
 
 
-def record_subtask(subtask: str, episodes: int, out: Path, seed: int, obs_mode: str = DEMO_OBS_MODE,
-                   progress: bool = True) -> int:
+def record_subtask(subtask: str, attempts: list[tuple[int, int]], out: Path, obs_mode: str = DEMO_OBS_MODE,
+                   progress: bool = True, noise: float = 0.0) -> int:
     """Record one subtask's demos atomically (temporary names, renamed at the end; removed on any
     error); returns how many episodes succeeded and were kept."""
     from mani_skill.utils.wrappers.record import RecordEpisode
@@ -77,14 +96,16 @@ def record_subtask(subtask: str, episodes: int, out: Path, seed: int, obs_mode: 
             save_video=False, save_on_reset=False, record_reward=True, record_env_state=True,
             source_type="motionplanning",
             source_desc=f"sgvla ScriptedExpert (IK, straight-line gripper paths) on mini_kitchen {subtask}; "
-                        "successful episodes only",
+                        f"successful episodes only; arm action noise std {noise}",
         )
-        kept = _run_episodes(env, ScriptedExpert(), range(seed, seed + episodes), subtask, progress)
+        labels = _run_episodes(env, ScriptedExpert(), attempts, subtask, progress, noise)
         env.close()
         env = None
+        if noise > 0:
+            _write_labels(tmp_paths[0], labels)
         for path, final in zip(tmp_paths, (out / f"{subtask}.h5", out / f"{subtask}.json"), strict=True):
             os.replace(path, final)
-        return kept
+        return len(labels)
     finally:
         if env is not None:
             env.close()
@@ -92,26 +113,47 @@ def record_subtask(subtask: str, episodes: int, out: Path, seed: int, obs_mode: 
             path.unlink(missing_ok=True)
 
 
-def _run_episodes(env, expert, seeds, subtask: str, progress: bool) -> int:
-    """Roll the expert out once per seed; save an episode only if it ends in success.
+def _write_labels(h5_path: Path, labels: list[np.ndarray]) -> None:
+    """Add each kept trajectory's clean expert actions next to the executed ones."""
+    import h5py
+
+    with h5py.File(h5_path, "r+") as h5:
+        for i, clean in enumerate(labels):
+            h5[f"traj_{i}"].create_dataset(EXPERT_ACTIONS, data=clean)
+
+
+def _run_episodes(env, expert, attempts: list[tuple[int, int]], subtask: str, progress: bool,
+                  noise: float = 0.0) -> list[np.ndarray]:
+    """Roll the expert out once per (seed, repeat); repeat 0 is clean, later ones perturbed. Save an
+    episode only if it ends in success. Returns the clean expert actions of each kept episode.
 
     An episode ends once success has held for SETTLE_STEPS consecutive steps (or at the time
     limit), so the recorded final state is robustly successful and a replay, whose physics may
     differ in the last float bits, still ends in success.
     """
-    kept = 0
-    bar = tqdm(seeds, desc=f"demos {subtask}", unit="ep", disable=not progress)
-    for s in bar:
+    kept: list[np.ndarray] = []
+    repeated = any(r > 0 for _, r in attempts)  # then repeat 0 of each seed is the clean demo
+    bar = tqdm(attempts, desc=f"demos {subtask}", unit="ep", disable=not progress)
+    for s, r in bar:
         obs, _ = env.reset(seed=s)
         expert.reset(env)
+        rng = np.random.default_rng([s, r])
+        std = noise if r > 0 or not repeated else 0.0
+        clean = []
         streak = 0
         while streak < SETTLE_STEPS:
-            obs, _, _, truncated, info = env.step(expert.act(env, obs))
+            action = expert.act(env, obs)
+            clean.append(action)
+            if std > 0 and expert.stage != "hold":  # success needs a still arm at rest: no noise there
+                action = action.copy()
+                action[NOISE_DIMS] = np.clip(action[NOISE_DIMS] + rng.normal(0, std, 7), -1, 1)
+            obs, _, _, truncated, info = env.step(action)
             streak = streak + 1 if bool(info["success"][0]) else 0
             if bool(truncated[0]):
                 break
         success = streak > 0
         env.flush_trajectory(save=success)
-        kept += success
-        bar.set_postfix(kept=kept)
+        if success:
+            kept.append(np.stack(clean).astype(np.float32))
+        bar.set_postfix(kept=len(kept))
     return kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from sgvla.dataset.atomic import write_text_atomic
@@ -11,16 +12,30 @@ from sgvla.tasks import SUBTASKS
 _COLUMNS = {"pick": "Pick", "place": "Place", "open": "Open", "close": "Close"}
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate: honest at 0/n and n/n, where the normal
+    approximation collapses to a zero-width interval."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def aggregate(episodes: list[dict]) -> dict:
-    """Success rate and mean steps per subtask, plus the average of the subtask rates (the paper's Avg.)."""
+    """Success rate (with its 95% Wilson interval) and mean steps per subtask, plus the average of
+    the subtask rates (the paper's Avg.)."""
     per: dict[str, dict] = {}
     for sub in SUBTASKS:
         eps = [e for e in episodes if e["subtask"] == sub]
         if eps:
+            wins = sum(bool(e["success"]) for e in eps)
             per[sub] = {
                 "episodes": len(eps),
-                "successes": sum(bool(e["success"]) for e in eps),
-                "success_rate": sum(bool(e["success"]) for e in eps) / len(eps),
+                "successes": wins,
+                "success_rate": wins / len(eps),
+                "wilson95": wilson_interval(wins, len(eps)),
                 "mean_steps": sum(e["steps"] for e in eps) / len(eps),
             }
     rates = [v["success_rate"] for v in per.values()]
@@ -36,7 +51,10 @@ def markdown_table(results: dict) -> str:
     avg = f"{results['aggregate']['average_success_rate']:.2f}"
     row = f"| {results['model']} | {results['task']} | " + " | ".join(cells) + f" | {avg} |"
     n = ", ".join(f"{s}: {per[s]['episodes']}" for s in per)
-    return "\n".join([head, sep, row, "", f"Success rates over episodes per subtask ({n}), mode `{results['mode']}`."])
+    seeds = results.get("seeds") or [0]
+    where = f", {results.get('split', '?')} episodes (reset seeds {seeds[0]}..{seeds[-1]})"
+    return "\n".join([head, sep, row, "", f"Success rates over episodes per subtask ({n}), mode "
+                       f"`{results['mode']}`{where}."])
 
 
 def write_results(out: Path, results: dict) -> tuple[Path, Path]:

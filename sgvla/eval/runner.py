@@ -1,8 +1,10 @@
 """`sgvla eval`: closed-loop success rates, episodes spread over Ray workers.
 
 Each worker owns one simulator per subtask and one copy of the policy, built once and reused for
-all its episodes (building a scene costs seconds). Episode i of a subtask resets with seed + i, and
-every source of randomness in the policy is seeded from that, so a rerun gives the same episodes.
+all its episodes (building a scene costs seconds). Episode i of a subtask is episode seed + i of the
+split: on the built-in scene the val split's reset seeds never meet the train split's that
+`sgvla demos` records (`sgvla.tasks.split_seeds`); MS-HAB evaluates on its own val scenes. Every
+source of randomness in the policy is seeded from the episode, so a rerun gives the same episodes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sgvla.errors import SgvlaError
 from sgvla.eval.policies import REFERENCE_POLICIES
 from sgvla.eval.report import aggregate, markdown_table, write_results
 from sgvla.raysession import RaySession
-from sgvla.tasks import BUILTIN_TASK, subtasks_for
+from sgvla.tasks import BUILTIN_TASK, split_seeds, subtasks_for
 
 MODES = ("tokens", "flow", "auto")
 
@@ -61,10 +63,13 @@ def make_eval_env(task: str, subtask: str, obs_mode: str):
     return make_mshab_env(task, subtask, obs_mode=obs_mode)
 
 
-def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str) -> tuple[str, ...]:
+def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str,
+                  workers: int) -> tuple[str, ...]:
     subs = subtasks_for(task, subtask)
     if episodes <= 0:
         raise SgvlaError(f"--episodes must be at least 1 (got {episodes})")
+    if workers < 0:
+        raise SgvlaError(f"--workers must be 0 (one per CPU core) or more (got {workers})")
     if mode not in MODES:
         raise SgvlaError(f"unknown --mode {mode!r}: choose one of {', '.join(MODES)}")
     if out.exists() and not out.is_dir():
@@ -118,19 +123,35 @@ def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: st
     return records
 
 
+def episode_seeds(task: str, split: str, seed: int, episodes: int) -> list[int]:
+    """Reset seeds of the evaluated episodes: the split's on the built-in scene; on MS-HAB (whose
+    val scenes make the split) plain seeds of the val env."""
+    if task == BUILTIN_TASK:
+        return split_seeds(split, seed, episodes)
+    from sgvla.eval.mshab_env import EVAL_SPLIT
+
+    if split != EVAL_SPLIT:
+        raise SgvlaError(f"--split {split}: MS-HAB tasks are evaluated on their {EVAL_SPLIT} scenes only")
+    if seed < 0:
+        raise SgvlaError(f"--seed must be 0 or more (got {seed})")
+    return [seed + i for i in range(episodes)]
+
+
 def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str = "auto", seed: int = 0,
              workers: int = 0, ray_address: str | None = None, video: bool = False,
-             max_steps: int | None = None) -> dict:
+             max_steps: int | None = None, split: str = "val") -> dict:
     """Evaluate `model` on `episodes` episodes of each subtask; write results.json/results.md into `out`.
 
-    `max_steps` shortens the env's horizon (quick checks only: success rates are then not comparable).
+    `split` is "val" unless you mean to measure on training episodes; `max_steps` shortens the env's
+    horizon (quick checks only: success rates are then not comparable).
     """
     out = Path(out)
-    subs = _check_inputs(model, task, subtask, episodes, out, mode)
+    subs = _check_inputs(model, task, subtask, episodes, out, mode, workers)
     if max_steps is not None and max_steps <= 0:
         raise SgvlaError(f"--max-steps must be at least 1 (got {max_steps})")
+    seeds = episode_seeds(task, split, seed, episodes)
     obs_mode, views = _obs_mode_for(model)
-    jobs = [(sub, seed + i) for sub in subs for i in range(episodes)]
+    jobs = [(sub, s) for sub in subs for s in seeds]
     n_workers = min(len(jobs), workers or os.cpu_count() or 1)
 
     session = RaySession(ray_address, num_cpus=max(n_workers, 1)).start()
@@ -139,9 +160,11 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
                             f"eval {model} on {task}")
     finally:
         session.close()
+    if len(records) != len(jobs):
+        raise SgvlaError(f"evaluation finished {len(records)} of {len(jobs)} episodes: nothing was written")
     records.sort(key=lambda r: (subs.index(r["subtask"]), r["seed"]))
-    results = {"model": model, "task": task, "mode": mode, "seed": seed, "views": views, "max_steps": max_steps,
-               "episodes": records, "aggregate": aggregate(records)}
+    results = {"model": model, "task": task, "mode": mode, "split": split, "seed": seed, "seeds": seeds,
+               "views": views, "max_steps": max_steps, "episodes": records, "aggregate": aggregate(records)}
     json_path, md_path = write_results(out, results)
     print(markdown_table(results))
     print(f"\nresults: {json_path} and {md_path}" + (f"; videos in {out / 'videos'}" if video else ""))

@@ -105,6 +105,9 @@ class TrainSection:
     checkpoint_every: int = 500
     #: Step checkpoints Ray Train keeps (stage-boundary models are kept apart under stages/).
     keep_checkpoints: int = 2
+    #: Also save_pretrained the model every N optimizer steps under snapshots/step-N (0 = never):
+    #: evaluable models along the run, for learning curves (`scripts/learning_curve.py`).
+    export_every: int = 0
     #: Worker-group restarts Ray Train allows after a failure (each resumes from the latest checkpoint).
     max_failures: int = 2
     #: CPUs Ray reserves per training worker.
@@ -308,8 +311,9 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         raise SgvlaError(f"{where}: train.strategy must be one of {STRATEGIES}, got {t.strategy!r}")
     if t.global_batch_size < 1 or t.micro_batch_size < 1:
         raise SgvlaError(f"{where}: train.global_batch_size and train.micro_batch_size must be >= 1")
-    if t.checkpoint_every < 0 or t.keep_checkpoints < 1 or t.max_failures < 0:
-        raise SgvlaError(f"{where}: train.checkpoint_every >= 0, keep_checkpoints >= 1, max_failures >= 0")
+    if t.checkpoint_every < 0 or t.keep_checkpoints < 1 or t.max_failures < 0 or t.export_every < 0:
+        raise SgvlaError(f"{where}: train.checkpoint_every >= 0, keep_checkpoints >= 1, max_failures >= 0, "
+                         "export_every >= 0")
     for name in ("stage1", "stage2", "stage3"):
         st = getattr(cfg, name)
         if st.epochs < 0 or (st.max_steps is not None and st.max_steps < 1):

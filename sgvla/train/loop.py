@@ -45,6 +45,7 @@ from sgvla.train.stages import Stage, plan_stages
 
 FINAL_MODEL_DIR = "model"
 STAGES_DIR = "stages"
+SNAPSHOTS_DIR = "snapshots"
 
 
 @dataclass
@@ -303,6 +304,8 @@ class Worker:
                 every = cfg.train.checkpoint_every
                 if every and s.global_step % every == 0 and s.stage_step < total:
                     self.save(last)
+                if cfg.train.export_every and s.global_step % cfg.train.export_every == 0:
+                    self.export(self.run_dir / SNAPSHOTS_DIR / checkpoint_name(s.global_step))
                 if epoch_done:
                     break
             del it

@@ -1,0 +1,107 @@
+"""Speed of the CPU-scale recipe (configs/cpu_recipe.yaml) against the tiny preset (configs/tiny.yaml).
+
+1. Training: samples/s of one bare single-process training step loop (stage 2: action tokens plus
+   every auxiliary decoder the config enables) for each config on the same synthetic rows, printed as
+   recipe / tiny.
+2. Evaluation: env steps/s on held-out val pick episodes of a model built from the recipe config
+   (random weights: the speed does not depend on them) in tokens and flow modes, against the
+   scripted expert on the same episodes, in the same process (`EvalWorker`, scene built once).
+
+    .venv/bin/python bench/recipe_speed.py [--steps 20] [--episodes 2] [--max-steps 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"tiny": ROOT / "configs" / "tiny.yaml", "cpu_recipe": ROOT / "configs" / "cpu_recipe.yaml"}
+
+
+def _model_and_data(config: Path, dataset: Path):
+    from sgvla.train import modelops
+    from sgvla.train.config import load_config
+    from sgvla.train.preflight import inspect_dataset
+
+    cfg = load_config(config, ["data.loader_workers=0"])
+    info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, modelops.model_config(cfg)))
+    torch.manual_seed(0)
+    model = modelops.build_model(cfg, info["stats"])
+    ds, _ = modelops.build_dataset(cfg, info, model.config)
+    return cfg, model, ds
+
+
+def train_rate(config: Path, dataset: Path, steps: int, warmup: int = 3) -> float:
+    """Samples/s of stage-2 steps (forward, backward, Adam) at the config's micro batch, one thread."""
+    from torch.utils.data import DataLoader
+
+    cfg, model, ds = _model_and_data(config, dataset)
+    model.configure_stage(2)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    loader = DataLoader(ds, batch_size=cfg.train.micro_batch_size, shuffle=True, drop_last=True,
+                        collate_fn=model.processor.collate)
+    batches = [b for _, b in zip(range(warmup + steps), _cycle(loader), strict=False)]
+    t_total = 0.0
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        opt.step()
+        if i >= warmup:
+            t_total += time.perf_counter() - t0
+    return cfg.train.micro_batch_size * steps / t_total
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def eval_rate(model: str, mode: str, out: Path, episodes: int, max_steps: int) -> float:
+    """Steady-state env steps/s over val pick episodes (one warm-up episode not counted)."""
+    from sgvla.eval.runner import EvalWorker, _obs_mode_for
+    from sgvla.tasks import split_seeds
+
+    worker = EvalWorker("mini_kitchen", model, mode, str(out), False, _obs_mode_for(model)[0], max_steps)
+    seeds = split_seeds("val", 0, episodes + 1)
+    worker.run("pick", seeds[0])
+    t, steps = time.perf_counter(), 0
+    for seed in seeds[1:]:
+        steps += worker.run("pick", seed)["steps"]
+    return steps / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per config")
+    ap.add_argument("--episodes", type=int, default=2, help="timed val episodes per policy")
+    ap.add_argument("--max-steps", type=int, default=60)
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # as a Ray Train worker with train.cpus_per_worker=1
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_synthetic_dataset(Path(tmp) / "data", episodes={"train": [16] * 8})
+        rates = {name: train_rate(path, data, args.steps) for name, path in CONFIGS.items()}
+        _, model, _ = _model_and_data(CONFIGS["cpu_recipe"], data)
+        model.save_pretrained(Path(tmp) / "recipe")
+        evals = {"expert": eval_rate("expert", "auto", Path(tmp) / "e0", args.episodes, args.max_steps)}
+        for mode in ("tokens", "flow"):
+            evals[f"recipe/{mode}"] = eval_rate(str(Path(tmp) / "recipe"), mode, Path(tmp) / mode, args.episodes,
+                                                args.max_steps)
+    print(f"\ntraining samples/s (stage 2, 1 thread): tiny {rates['tiny']:.1f}, cpu_recipe "
+          f"{rates['cpu_recipe']:.1f}; ratio recipe / tiny {rates['cpu_recipe'] / rates['tiny']:.2f}")
+    print("val-episode evaluation, env steps/s: " + ", ".join(f"{k} {v:.1f}" for k, v in evals.items()))
+    for mode in ("tokens", "flow"):
+        print(f"ratio recipe/{mode} / expert: {evals[f'recipe/{mode}'] / evals['expert']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

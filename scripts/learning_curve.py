@@ -1,0 +1,107 @@
+"""Val success along a training run: every snapshot (`train.export_every`), each stage's model and
+the final model, evaluated closed-loop on held-out val episodes. Resumable: a point whose
+results.json exists is not evaluated again, so a killed run is continued by re-running it.
+
+    .venv/bin/python scripts/learning_curve.py RUN [--episodes 10] [--workers 2] [--subtask all]
+
+Snapshots from before stage 3 are evaluated with action tokens (the flow expert is not trained
+yet); the final model with tokens and with flow, and "auto" (the paper's per-subtask choice:
+flow for pick/place, tokens for open/close) is assembled from those two on the same episodes.
+Writes RUN/curve/<point>/<mode>/results.{json,md}, RUN/learning_curve.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from sgvla.dataset.atomic import write_text_atomic
+from sgvla.eval.report import aggregate
+from sgvla.eval.runner import run_eval
+
+
+def model_points(run: Path) -> list[tuple[int, str, Path]]:
+    """(global step, name, model folder) of every evaluable model of a run, in step order."""
+    state = {}
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():  # the last step of each stage, from the run's own log
+        for line in metrics.read_text().splitlines():
+            rec = json.loads(line)
+            state[rec["stage"]] = rec["global_step"]
+    stages = [(state[p.name], p.name, p) for p in sorted((run / "stages").glob("stage*")) if p.name in state]
+    ends = {step for step, _, _ in stages}
+    snaps = [(int(re.sub(r"\D", "", p.name)), p.name, p) for p in (run / "snapshots").glob("step-*")]
+    return sorted(stages + [s for s in snaps if s[0] not in ends])  # a stage's last step: its model
+
+
+def evaluate(point: Path, out: Path, mode: str, args) -> dict:
+    results_path = out / "results.json"
+    if results_path.is_file():
+        return json.loads(results_path.read_text())
+    return run_eval(str(point), "mini_kitchen", args.subtask, args.episodes, out, mode=mode, seed=args.seed,
+                    workers=args.workers, split="val")
+
+
+def auto_from(tokens: dict, flow: dict, modes: dict[str, str]) -> dict:
+    """The per-subtask choice of the paper, from tokens and flow runs on the same val episodes."""
+    eps = [e for e in tokens["episodes"] if modes.get(e["subtask"], "tokens") == "tokens"]
+    eps += [e for e in flow["episodes"] if modes.get(e["subtask"], "tokens") == "flow"]
+    return {"mode": "auto", "episodes": eps, "aggregate": aggregate(eps)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--episodes", type=int, default=10, help="val episodes per subtask per point")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--subtask", default="all")
+    ap.add_argument("--seed", type=int, default=0, help="first val episode")
+    args = ap.parse_args()
+    rows = []
+    for step, name, folder in model_points(args.run):
+        final = name == "stage3"
+        row = {"step": step, "point": name, "tokens": evaluate(folder, args.run / "curve" / name / "tokens", "tokens",
+                                                             args)["aggregate"]}
+        if final:
+            flow = evaluate(folder, args.run / "curve" / name / "flow", "flow", args)
+            tokens = json.loads((args.run / "curve" / name / "tokens" / "results.json").read_text())
+            modes = json.loads((folder / "config.json").read_text())["subtask_modes"]
+            row["flow"] = flow["aggregate"]
+            row["auto"] = auto_from(tokens, flow, modes)["aggregate"]
+        rows.append(row)
+        write_text_atomic(args.run / "learning_curve.json", json.dumps(rows, indent=1))
+    plot(rows, args.run / "learning_curve.png")
+    for r in rows:
+        cells = {m: f"{r[m]['average_success_rate']:.2f}" for m in ("tokens", "flow", "auto") if m in r}
+        print(r["step"], r["point"], cells)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for sub in ("pick", "place", "open", "close"):
+        pts = [(r["step"], r["tokens"]["per_subtask"][sub]["success_rate"]) for r in rows
+               if sub in r["tokens"]["per_subtask"]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{sub} (tokens)")
+    last = rows[-1] if rows else {}
+    if "auto" in last:
+        ax.scatter([last["step"]], [last["auto"]["average_success_rate"]], marker="*", s=150, c="k",
+                   label="final, auto (avg)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("val success rate")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
