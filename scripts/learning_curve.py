@@ -24,16 +24,20 @@ from sgvla.eval.runner import run_eval
 
 def model_points(run: Path) -> list[tuple[int, str, Path]]:
     """(global step, name, model folder) of every evaluable model of a run, in step order."""
-    state = {}
+    state, first = {}, {}
     metrics = run / "metrics.jsonl"
-    if metrics.is_file():  # the last step of each stage, from the run's own log
+    if metrics.is_file():  # the first and last step of each stage, from the run's own log
         for line in metrics.read_text().splitlines():
             rec = json.loads(line)
             state[rec["stage"]] = rec["global_step"]
+            first.setdefault(rec["stage"], rec["global_step"])
     stages = [(state[p.name], p.name, p) for p in sorted((run / "stages").glob("stage*")) if p.name in state]
     ends = {step for step, _, _ in stages}
+    # stage 3 trains only the flow expert: its snapshots have the stage-2 tokens and a half-trained expert
+    flow_start = first.get("stage3", float("inf"))
     snaps = [(int(re.sub(r"\D", "", p.name)), p.name, p) for p in (run / "snapshots").glob("step-*")]
-    return sorted(stages + [s for s in snaps if s[0] not in ends])  # a stage's last step: its model
+    snaps = [s for s in snaps if s[0] not in ends and s[0] < flow_start]
+    return sorted(stages + snaps)
 
 
 def evaluate(point: Path, out: Path, mode: str, args) -> dict:
@@ -73,9 +77,25 @@ def main() -> None:
         rows.append(row)
         write_text_atomic(args.run / "learning_curve.json", json.dumps(rows, indent=1))
     plot(rows, args.run / "learning_curve.png")
+    table = markdown(rows)
+    write_text_atomic(args.run / "learning_curve.md", table + "\n")
+    print(table)
+
+
+def markdown(rows: list[dict]) -> str:
+    """One line per (point, mode): val success per subtask as `rate (successes/episodes)`, and Avg."""
+    subs = ("pick", "place", "open", "close")
+    lines = ["| step | model | mode | " + " | ".join(subs) + " | Avg. |", "|---:|---|---|" + "---|" * 5]
     for r in rows:
-        cells = {m: f"{r[m]['average_success_rate']:.2f}" for m in ("tokens", "flow", "auto") if m in r}
-        print(r["step"], r["point"], cells)
+        for mode in ("tokens", "flow", "auto"):
+            if mode not in r:
+                continue
+            per = r[mode]["per_subtask"]
+            cells = [f"{per[s]['success_rate']:.2f} ({per[s]['successes']}/{per[s]['episodes']})" if s in per
+                     else "-" for s in subs]
+            lines.append(f"| {r['step']} | {r['point']} | {mode} | " + " | ".join(cells)
+                         + f" | {r[mode]['average_success_rate']:.2f} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -146,7 +146,7 @@ def _run_episodes(env, expert, attempts: list[tuple[int, int]], subtask: str, pr
             clean.append(action)
             if std > 0 and expert.stage != "hold":  # success needs a still arm at rest: no noise there
                 action = action.copy()
-                action[NOISE_DIMS] = np.clip(action[NOISE_DIMS] + rng.normal(0, std, 7), -1, 1)
+                action[NOISE_DIMS] = np.clip(action[NOISE_DIMS] + rng.normal(0, std, action[NOISE_DIMS].shape), -1, 1)
             obs, _, _, truncated, info = env.step(action)
             streak = streak + 1 if bool(info["success"][0]) else 0
             if bool(truncated[0]):
