@@ -56,7 +56,10 @@ def test_overfit_one_demo_reproduces_its_actions(tmp_path):
            cwd=tmp_path)
     with h5py.File(tmp_path / "demos" / "close.h5") as h5:
         demo = h5["traj_0"]["actions"][()]
+    import torch
+
     got = replay_with_policy(ModelPolicy(tmp_path / "run", mode="tokens"), "close", 0, demo)
+    assert torch.is_grad_enabled(), "loading a policy must not switch autograd off for the whole process"
     err = np.abs(got - demo).max(axis=1)  # per step, worst of the 13 dimensions
     # Measured on a memorised model (docs/results.md): median 0.004 (half an action bin), mean 0.08,
     # gripper command right on 98% of steps. The same actions compared with the demo shifted by one

@@ -127,12 +127,10 @@ def load_policy_config(path: str | Path):
 
 
 def load_policy_model(path: str | Path):
-    import torch
-
     from sgvla.model import SGVLAForActionPrediction
 
     model = SGVLAForActionPrediction.from_pretrained(str(resolve_checkpoint(path)))
-    torch.set_grad_enabled(False)
+    model.requires_grad_(False)  # inference only; predict_action runs under no_grad (no global switch)
     return model.eval()
 
 
