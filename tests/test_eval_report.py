@@ -1,0 +1,25 @@
+"""Evaluation report arithmetic (no simulator): Wilson intervals and the per-subtask aggregate."""
+
+from __future__ import annotations
+
+import pytest
+
+from sgvla.eval.report import aggregate, markdown_table, wilson_interval
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_aggregate_and_table_name_the_split_and_seeds():
+    eps = [{"subtask": "open", "seed": 1_000_000 + i, "success": i < 3, "steps": 100} for i in range(4)]
+    agg = aggregate(eps)
+    per = agg["per_subtask"]["open"]
+    assert (per["successes"], per["episodes"], per["success_rate"]) == (3, 4, 0.75)
+    assert per["wilson95"] == pytest.approx(wilson_interval(3, 4))
+    res = {"model": "m", "task": "mini_kitchen", "mode": "tokens", "split": "val",
+           "seeds": [e["seed"] for e in eps], "aggregate": agg}
+    assert "val episodes (reset seeds 1000000..1000003)" in markdown_table(res)
