@@ -15,13 +15,15 @@ t0=$SECONDS
 
 # Demos: two processes, two subtasks each (each subtask file is written atomically, so a killed
 # run redoes only the subtasks it had not finished).
+pids=()
 for pair in "pick place" "open close"; do
   (for sub in $pair; do
      [ -f "$OUT/demos/$sub.json" ] || sgvla demos --subtask "$sub" --episodes "$SEEDS" --noise "$NOISE" \
        --repeats "$REPEATS" --out "$OUT/demos"
    done) &
+  pids+=($!)
 done
-wait
+for p in "${pids[@]}"; do wait "$p"; done  # a failed recording stops the script here
 sgvla gen --task mini_kitchen --subtask all --demos "$OUT/demos" --out "$OUT/dataset" --workers "$WORKERS"
 
 train_args=(--config configs/cpu_recipe.yaml --dataset "$OUT/dataset" --output "$OUT/run" --workers 1)
