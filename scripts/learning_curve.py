@@ -65,12 +65,10 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for step, name, folder in model_points(args.run):
-        final = name == "stage3"
-        row = {"step": step, "point": name, "tokens": evaluate(folder, args.run / "curve" / name / "tokens", "tokens",
-                                                             args)["aggregate"]}
-        if final:
+        tokens = evaluate(folder, args.run / "curve" / name / "tokens", "tokens", args)
+        row = {"step": step, "point": name, "tokens": tokens["aggregate"]}
+        if name == "stage3":
             flow = evaluate(folder, args.run / "curve" / name / "flow", "flow", args)
-            tokens = json.loads((args.run / "curve" / name / "tokens" / "results.json").read_text())
             modes = json.loads((folder / "config.json").read_text())["subtask_modes"]
             row["flow"] = flow["aggregate"]
             row["auto"] = auto_from(tokens, flow, modes)["aggregate"]
