@@ -81,7 +81,7 @@ def main() -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    """One line per (point, mode): val success per subtask as `rate (successes/episodes)`, and Avg."""
+    """One line per (point, mode): val success per subtask and Avg."""
     subs = ("pick", "place", "open", "close")
     lines = ["| step | model | mode | " + " | ".join(subs) + " | Avg. |", "|---:|---|---|" + "---|" * 5]
     for r in rows:
@@ -89,11 +89,16 @@ def markdown(rows: list[dict]) -> str:
             if mode not in r:
                 continue
             per = r[mode]["per_subtask"]
-            cells = [f"{per[s]['success_rate']:.2f} ({per[s]['successes']}/{per[s]['episodes']})" if s in per
-                     else "-" for s in subs]
+            cells = [_cell(per[s]) if s in per else "-" for s in subs]
             lines.append(f"| {r['step']} | {r['point']} | {mode} | " + " | ".join(cells)
                          + f" | {r[mode]['average_success_rate']:.2f} |")
     return "\n".join(lines)
+
+
+def _cell(per: dict) -> str:
+    """`rate (successes/episodes)`, plus how often the subtask's effect was reached (rest or not)."""
+    text = f"{per['success_rate']:.2f} ({per['successes']}/{per['episodes']})"
+    return text + (f", effect {per['effect_rate']:.2f}" if "effect_rate" in per else "")
 
 
 def plot(rows: list[dict], path: Path) -> None:

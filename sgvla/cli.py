@@ -55,7 +55,7 @@ def demos(
     episodes: int = typer.Option(20, help="Episodes to attempt per subtask (one seed each)."),
     out: Path = typer.Option(Path("outputs/demos"), help="Output folder for <subtask>.h5/.json."),
     seed: int = typer.Option(0, help="First episode of the split; attempt i is episode seed + i."),
-    split: str = typer.Option("train", help="Episode split: train (default; what you train on) or val."),
+    split: str = typer.Option("train", help="Episode split: train (default; what you train on), val or dev."),
     noise: float = typer.Option(0.0, help="Std of Gaussian noise on the executed arm actions (labels stay "
                                           "the expert's: DART-style recovery data); 0 = none."),
     repeats: int = typer.Option(1, help="Record each episode this many times: clean, then with --noise."),
@@ -74,7 +74,7 @@ def gen(
     episodes: int = typer.Option(0, help="Episodes to record per subtask (0 = every episode in --demos)."),
     out: Path = typer.Option(..., help="Dataset folder to write (resumed if it exists)."),
     demos: Path | None = typer.Option(None, help="Demo .h5 file or folder (mini_kitchen default: made on the spot)."),
-    split: str = typer.Option("train", help="train or val."),
+    split: str = typer.Option("train", help="train, val or dev (the demos' episodes must belong to it)."),
     workers: int = typer.Option(0, help="Simulator workers (0 = one per CPU core / GPU)."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster ('auto' for the local one)."),
     episodes_per_shard: int = typer.Option(8, help="Episodes per Parquet shard (one shard = one Ray task)."),
@@ -170,14 +170,16 @@ def plot(run: Path = typer.Argument(..., help="Run folder of `sgvla train`."),
 
 @command("eval")
 def eval_(
-    model: str = typer.Option(..., help="Run folder, checkpoint folder, 'expert' or 'random'."),
+    model: str = typer.Option(..., help="Run folder, checkpoint folder, 'expert', 'random' or "
+                               "'replay:DEMOS' (blind replay of the first demo in folder DEMOS)."),
     task: str = typer.Option("mini_kitchen"),
     subtask: str = typer.Option("all"),
     episodes: int = typer.Option(30, help="Episodes per subtask."),
     out: Path = typer.Option(..., help="Folder for results.json, results.md and videos."),
     mode: str = typer.Option("auto", help="tokens, flow or auto (per subtask)."),
     seed: int = typer.Option(0, help="First episode of the split; episode i is seed + i."),
-    split: str = typer.Option("val", help="Episode split: val (default, held out from training) or train."),
+    split: str = typer.Option("val", help="Episode split: val (default, held out, what results report), "
+                               "dev (held out, for tuning settings) or train."),
     workers: int = typer.Option(0, help="Ray workers (0 = one per CPU core)."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster (default: a private local one)."),
     video: bool = typer.Option(False, help="Save MP4s of head and hand views."),

@@ -30,11 +30,13 @@ CONTROL_FREQ_HZ = 20
 EXPERT_ACTIONS = "expert_actions"
 
 #: Episode splits of the built-in scene. Every random choice of an episode is drawn from its reset
-#: seed, so disjoint seed ranges give train and val episodes that can never overlap (MS-HAB gets the
-#: same guarantee from separate train/val scenes). `sgvla demos` draws train seeds, `sgvla eval` val.
-SPLITS: tuple[str, ...] = ("train", "val")
+#: seed, so disjoint seed ranges give train, val and dev episodes that can never overlap (MS-HAB gets
+#: the same guarantee from separate train/val scenes). `sgvla demos` draws train seeds, `sgvla eval`
+#: val: the split results are reported on. `dev` is for choosing settings (recipes, checkpoints,
+#: execution horizons) so that nothing reported was tuned on the episodes it is reported on.
+SPLITS: tuple[str, ...] = ("train", "val", "dev")
 SPLIT_SIZE = 1_000_000
-_SPLIT_BASE = {"train": 0, "val": SPLIT_SIZE}
+_SPLIT_BASE = {"train": 0, "val": SPLIT_SIZE, "dev": 2 * SPLIT_SIZE}
 
 
 def subtasks_for(task: str, subtask: str) -> tuple[str, ...]:

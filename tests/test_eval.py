@@ -32,6 +32,9 @@ def test_expert_succeeds_random_fails_and_reruns_repeat(tmp_path):
     assert ray.is_initialized(), "eval must leave running a Ray it did not start"
     rate = expert["aggregate"]["per_subtask"]["pick"]["success_rate"]
     assert rate >= 0.8, expert["episodes"]
+    # A success implies the effect held at that step; partial progress is reported per subtask.
+    assert all(e["effect_once"] for e in expert["episodes"] if e["success"])
+    assert expert["aggregate"]["per_subtask"]["pick"]["effect_rate"] >= rate
     again = run_eval("expert", "mini_kitchen", "pick", episodes=5, out=tmp_path / "again", workers=2)
     # Same seeds, same outcomes. (Step counts may differ by a step: PhysX keeps solver state across
     # resets of a reused scene, and which worker replays which seed depends on scheduling.)
@@ -60,6 +63,19 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "model"
     SGVLAForActionPrediction(cfg).save_pretrained(path)
     return path
+
+
+def test_blind_replay_reproduces_its_own_episode_and_names_missing_demos(tmp_path):
+    from sgvla.envs.demos import generate_demos
+    from sgvla.errors import SgvlaError
+
+    generate_demos(subtask="close", episodes=1, out=tmp_path / "demos", progress=False)
+    res = run_eval(f"replay:{tmp_path / 'demos'}", "mini_kitchen", "close", episodes=1, out=tmp_path / "own",
+                   split="train", workers=1)
+    # Train episode 0 is the recorded one: replaying its actions from its own reset succeeds again.
+    assert res["episodes"][0]["seed"] == 0 and res["episodes"][0]["success"], res["episodes"]
+    with pytest.raises(SgvlaError, match="open.h5"):
+        run_eval(f"replay:{tmp_path / 'demos'}", "mini_kitchen", "open", episodes=1, out=tmp_path / "x")
 
 
 @pytest.mark.parametrize("mode", ["tokens", "flow"])

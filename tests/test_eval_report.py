@@ -23,3 +23,13 @@ def test_aggregate_and_table_name_the_split_and_seeds():
     res = {"model": "m", "task": "mini_kitchen", "mode": "tokens", "split": "val",
            "seeds": [e["seed"] for e in eps], "aggregate": agg}
     assert "val episodes (reset seeds 1000000..1000003)" in markdown_table(res)
+
+
+def test_effect_rate_counts_partial_progress_and_skips_envs_without_it():
+    eps = [{"subtask": "pick", "seed": i, "success": i == 0, "steps": 50, "effect_once": i < 2} for i in range(4)]
+    eps += [{"subtask": "open", "seed": 0, "success": False, "steps": 200, "effect_once": None}]
+    per = aggregate(eps)["per_subtask"]
+    assert per["pick"]["effect_rate"] == 0.5 and "effect_rate" not in per["open"]
+    res = {"model": "m", "task": "mini_kitchen", "mode": "tokens", "split": "val", "seeds": [0],
+           "aggregate": aggregate(eps)}
+    assert "effect reached at some step (rest or not): pick 0.50." in markdown_table(res)

@@ -300,8 +300,9 @@ def test_builtin_task_rejects_foreign_demos(tmp_path):
 def test_builtin_split_seeds_never_overlap_and_gen_keeps_val_out_of_train(tmp_path):
     from sgvla.tasks import SPLIT_SIZE, split_of_seed, split_seeds
 
-    train, val = split_seeds("train", 0, 100), split_seeds("val", 0, 100)
-    assert not set(train) & set(val) and {split_of_seed(s) for s in val} == {"val"}
+    train, val, dev = (split_seeds(name, 0, 100) for name in ("train", "val", "dev"))
+    assert not set(train) & set(val) and not (set(train) | set(val)) & set(dev)
+    assert {split_of_seed(s) for s in val} == {"val"} and {split_of_seed(s) for s in dev} == {"dev"}
     with pytest.raises(SgvlaError, match="leaves the val split"):
         split_seeds("val", SPLIT_SIZE - 1, 2)
     path = write_mshab_file(tmp_path / "demos" / "pick.h5", n_eps=2)

@@ -61,3 +61,77 @@ def test_no_unsafe_load_in_the_tree():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "sgvla").rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
     assert not hits, hits
+
+
+# -- 2: NaN data, NaN loss ---------------------------------------------------------------------
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def test_nan_in_the_data_is_refused_before_training(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+    from sgvla.train.launch import run_train
+
+    data = write_synthetic_dataset(tmp_path / "data", episodes={"train": [4, 4]}, episodes_per_shard=1)
+    shard = sorted(data.glob("*/data/*.parquet"))[-1]
+    table = pq.read_table(shard)
+    i = table.schema.get_field_index("action")
+    actions = np.asarray(table.column("action").to_pylist(), dtype=np.float32)
+    actions[2, 5] = np.nan  # one value of one row, as a broken recorder would leave it
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(actions.tolist(), table.schema.field(i).type)),
+                   shard)
+    with pytest.raises(SgvlaError, match=f"{re.escape(str(shard))} has NaN/inf in column 'action'.*row 2"):
+        run_train(TINY, str(data), tmp_path / "run")
+    assert not ray.is_initialized(), "the check must run before Ray starts"
+
+
+def test_a_non_finite_loss_stops_before_the_optimizer_step():
+    from types import SimpleNamespace
+
+    from sgvla.train.config import config_from_dict
+    from sgvla.train.loop import NonFiniteLoss, train_step
+
+    class NanLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            loss = (self.w * x).sum()
+            return SimpleNamespace(loss=loss, losses={"action": loss}, token_accuracy=None)
+
+    model = NanLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    cfg = config_from_dict({})
+    train_step(model, [{"x": torch.ones(3)}], opt, ["action"], cfg, torch.device("cpu"))
+    before = model.w.detach().clone()
+    with pytest.raises(NonFiniteLoss, match="loss=nan"):
+        train_step(model, [{"x": torch.tensor([1.0, float("nan"), 1.0])}], opt, ["action"], cfg, torch.device("cpu"))
+    assert torch.equal(model.w.detach(), before), "a NaN step must not reach the weights"
+
+
+# -- 15: a ManiSkill trajectory of another env ----------------------------------------------------
+def test_state_obs_trajectory_of_another_env_is_one_error(tmp_path):
+    """A RecordEpisode file of PickCube-v1 with obs_mode="state" (its `obs` is a dataset, not a group)."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    from sgvla.datagen.pipeline import run_gen
+
+    demos = tmp_path / "demos"
+    demos.mkdir()
+    with h5py.File(demos / "pick.h5", "w") as h5:
+        h5["traj_0/obs"] = np.zeros((6, 42), np.float32)
+        h5["traj_0/actions"] = np.zeros((5, 8), np.float32)
+    (demos / "pick.json").write_text(json.dumps({
+        "env_info": {"env_id": "PickCube-v1", "env_kwargs": {"obs_mode": "state"}, "max_episode_steps": 50},
+        "episodes": [{"episode_id": 0, "episode_seed": 0, "elapsed_steps": 5, "reset_kwargs": {"seed": 0}}]}))
+    with pytest.raises(SgvlaError, match="recorded in env PickCube-v1"):
+        run_gen(task="mini_kitchen", subtask="pick", episodes=0, out=tmp_path / "ds", demos=demos, split="train",
+                workers=1, ray_address=None, episodes_per_shard=2, overwrite=False)

@@ -17,7 +17,7 @@ from sgvla.train import modelops
 from sgvla.train.config import config_from_dict
 from sgvla.train.launch import run_train
 from sgvla.train.loop import train_step
-from sgvla.train.preflight import inspect_dataset, write_run_file
+from sgvla.train.preflight import check_output, inspect_dataset, write_run_file
 from sgvla.train.stages import plan_stages
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -170,6 +170,11 @@ def test_output_holding_another_run_and_incompatible_resume(dataset, tmp_path):
     cfg = load_config(TINY, ["train.global_batch_size=4", "train.micro_batch_size=4"])
     write_run_file(out, cfg, str(dataset.resolve()), 1)
     small = ["train.global_batch_size=4", "train.micro_batch_size=4"]
+    # A start that failed before its first step (run.json written, then no CPUs / no cluster) leaves
+    # the folder free: the corrected command starts anew, with or without --resume.
+    for resume in (False, True):
+        assert check_output(out, resume, cfg, str(dataset.resolve())) is None
+    (out / "metrics.jsonl").write_text('{"global_step": 1}\n')  # a run that took steps
     with pytest.raises(SgvlaError, match="already holds a training run.*--resume"):
         run_train(TINY, str(dataset), out, overrides=small)
     with pytest.raises(SgvlaError, match="model.aux_decoders"):

@@ -110,8 +110,9 @@ def _episode(ep: dict, h5: h5py.File, json_path: Path, h5_path: Path) -> DemoEpi
                                             f"elapsed_steps={ep['elapsed_steps']}")
     if length == 0:
         raise _mismatch(json_path, h5_path, f"{traj} has no actions")
-    if "obs" in h5[traj] and "agent" in h5[traj]["obs"]:
-        n_obs = h5[traj]["obs"]["agent"]["qpos"].shape[0]
+    obs = h5[traj].get("obs")
+    if isinstance(obs, h5py.Group) and "agent" in obs:  # obs_mode="state" stores a dataset here
+        n_obs = obs["agent"]["qpos"].shape[0]
         if n_obs != length + 1:
             raise _mismatch(json_path, h5_path, f"{traj} has {n_obs} observations for {length} actions")
     reset_kwargs = dict(ep.get("reset_kwargs") or {})
@@ -214,6 +215,7 @@ def read_episode(path: Path, traj: str) -> EpisodeArrays:
     with h5py.File(path, "r") as h5:
         g = h5[traj]
         obs = g.get("obs")
+        obs = obs if isinstance(obs, h5py.Group) else None  # obs_mode="state" stores a dataset here
         qpos = obs["agent"]["qpos"][()] if obs is not None and "agent" in obs else None
         extra = _read_group(obs["extra"]) if obs is not None and "extra" in obs else {}
         actions = g["actions"][()].astype(np.float32)

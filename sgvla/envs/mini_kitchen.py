@@ -200,6 +200,9 @@ class MiniKitchenEnv(BaseEnv):
         info["drawer_frac"] = self.drawer_fraction()
         effect, named = self._effect(info)
         info.update(named)
+        # Under one name for every subtask: evaluation reports how often the effect was reached
+        # even where the return to rest failed (partial progress a bare success rate hides).
+        info["effect"] = effect
         info["success"] = effect & info["ee_rest"] & info["robot_rest"] & info["is_static"]
         # No failure condition ends an episode early (MS-HAB's force limits are not modelled);
         # `fail` is still reported so recorded files carry MS-HAB's `fail` array.

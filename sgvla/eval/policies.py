@@ -15,6 +15,13 @@ import numpy as np
 from sgvla.errors import SgvlaError
 
 REFERENCE_POLICIES = ("expert", "random")
+#: `replay:DEMOS` names the blind baseline `ReplayPolicy` over a demo folder.
+REPLAY_PREFIX = "replay:"
+
+
+def is_reference(spec: str) -> bool:
+    """Whether `--model` names a reference policy rather than a checkpoint."""
+    return spec in REFERENCE_POLICIES or spec.startswith(REPLAY_PREFIX)
 
 
 class RandomPolicy:
@@ -43,6 +50,43 @@ class ExpertPolicy:
 
     def act(self, env, obs) -> np.ndarray:
         return self._expert.act(env, obs)
+
+
+class ReplayPolicy:
+    """Blind baseline: the first recorded demo of the subtask, its actions replayed open-loop from
+    whatever episode is reset, then zero actions (hold still). It never looks at the cameras, so a
+    learned policy must beat it before its use of vision means anything: on the built-in scene the
+    episodes of a subtask differ only by a few centimetres, and blind replay already succeeds in some."""
+
+    def __init__(self, demos: str | Path):
+        self.demos = Path(demos)
+        self.name = f"{REPLAY_PREFIX}{demos}"
+        self._actions: dict[str, np.ndarray] = {}
+
+    def reset(self, env, subtask: str, seed: int) -> None:
+        if subtask not in self._actions:
+            self._actions[subtask] = first_demo_actions(self.demos, subtask)
+        self.plan, self.t = self._actions[subtask], 0
+
+    def act(self, env, obs) -> np.ndarray:
+        self.t += 1
+        if self.t > len(self.plan):
+            return np.zeros(self.plan.shape[1], dtype=np.float32)
+        return self.plan[self.t - 1]
+
+
+def first_demo_actions(demos: Path, subtask: str) -> np.ndarray:
+    """Executed actions of the lowest-numbered trajectory in DEMOS/<subtask>.h5 (as `sgvla demos` writes)."""
+    import h5py
+
+    path = demos / f"{subtask}.h5"
+    if not path.is_file():
+        raise SgvlaError(f"--model {REPLAY_PREFIX}{demos}: no {path}; record demos with `sgvla demos --out {demos}`")
+    with h5py.File(path, "r") as h5:
+        trajs = sorted((k for k in h5 if k.startswith("traj_")), key=lambda k: int(k.split("_")[1]))
+        if not trajs or "actions" not in h5[trajs[0]]:
+            raise SgvlaError(f"{path} holds no trajectory with actions: record it again with `sgvla demos`")
+        return np.asarray(h5[trajs[0]]["actions"][()], dtype=np.float32)
 
 
 def observation_from_obs(obs: dict, views: list[str]) -> dict[str, np.ndarray]:
@@ -135,9 +179,11 @@ def load_policy_model(path: str | Path):
 
 
 def make_policy(spec: str, mode: str):
-    """`expert`, `random`, or a path to a checkpoint / training run folder."""
+    """`expert`, `random`, `replay:DEMOS`, or a path to a checkpoint / training run folder."""
     if spec == "expert":
         return ExpertPolicy()
     if spec == "random":
         return RandomPolicy()
+    if spec.startswith(REPLAY_PREFIX):
+        return ReplayPolicy(spec[len(REPLAY_PREFIX):])
     return ModelPolicy(spec, mode=mode)

@@ -38,6 +38,9 @@ def aggregate(episodes: list[dict]) -> dict:
                 "wilson95": wilson_interval(wins, len(eps)),
                 "mean_steps": sum(e["steps"] for e in eps) / len(eps),
             }
+            effects = [e["effect_once"] for e in eps if e.get("effect_once") is not None]
+            if effects:  # partial progress: the effect reached at some step, back at rest or not
+                per[sub]["effect_rate"] = sum(effects) / len(effects)
     rates = [v["success_rate"] for v in per.values()]
     return {"per_subtask": per, "average_success_rate": sum(rates) / len(rates) if rates else 0.0}
 
@@ -53,8 +56,13 @@ def markdown_table(results: dict) -> str:
     n = ", ".join(f"{s}: {per[s]['episodes']}" for s in per)
     seeds = results.get("seeds") or [0]
     where = f", {results.get('split', '?')} episodes (reset seeds {seeds[0]}..{seeds[-1]})"
-    return "\n".join([head, sep, row, "", f"Success rates over episodes per subtask ({n}), mode "
-                       f"`{results['mode']}`{where}."])
+    lines = [head, sep, row, "", f"Success rates over episodes per subtask ({n}), mode "
+             f"`{results['mode']}`{where}."]
+    effect = {s: per[s]["effect_rate"] for s in per if "effect_rate" in per[s]}
+    if effect:
+        lines.append("Subtask effect reached at some step (rest or not): "
+                     + ", ".join(f"{s} {r:.2f}" for s, r in effect.items()) + ".")
+    return "\n".join(lines)
 
 
 def write_results(out: Path, results: dict) -> tuple[Path, Path]:

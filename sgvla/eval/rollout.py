@@ -16,6 +16,9 @@ class EpisodeResult:
     steps: int
     failure: str | None
     video: str | None = None
+    #: Whether the subtask's effect (grasped / on the goal / drawer open / shut) held at any step,
+    #: rest or not; None for envs that do not report an `effect` (MS-HAB's).
+    effect_once: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,12 +45,15 @@ def run_episode(env, policy, subtask: str, seed: int, max_steps: int, video_path
     frames = [camera_frame(obs)] if video_path else None
     failure: str | None = "horizon"
     steps = 0
+    effect_once = None
     while steps < max_steps:
         steps += 1
         action = np.asarray(policy.act(env, obs), dtype=np.float32)
         obs, _reward, terminated, truncated, info = env.step(action)
         if frames is not None:
             frames.append(camera_frame(obs))
+        if "effect" in info:
+            effect_once = bool(effect_once) or bool(_scalar(info["effect"]))
         if _scalar(info.get("success", False)):
             failure = None
             break
@@ -63,4 +69,4 @@ def run_episode(env, policy, subtask: str, seed: int, max_steps: int, video_path
         video_path.parent.mkdir(parents=True, exist_ok=True)
         imageio.mimwrite(video_path, frames, fps=20, macro_block_size=1)
         video = str(video_path)
-    return EpisodeResult(subtask, seed, failure is None, steps, failure, video)
+    return EpisodeResult(subtask, seed, failure is None, steps, failure, video, effect_once)

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sgvla.errors import SgvlaError
-from sgvla.eval.policies import REFERENCE_POLICIES
+from sgvla.eval.policies import REPLAY_PREFIX, first_demo_actions, is_reference
 from sgvla.eval.report import aggregate, markdown_table, write_results
 from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, split_seeds, subtasks_for
@@ -74,8 +74,12 @@ def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path,
         raise SgvlaError(f"unknown --mode {mode!r}: choose one of {', '.join(MODES)}")
     if out.exists() and not out.is_dir():
         raise SgvlaError(f"--out {out} is a file: give a folder for results.json, results.md and videos")
-    if model not in REFERENCE_POLICIES and not Path(model).exists():
-        raise SgvlaError(f"--model {model}: no such checkpoint or run folder (or use 'expert' / 'random')")
+    if model.startswith(REPLAY_PREFIX):
+        for sub in subs:  # fail before any worker starts, naming the missing file
+            first_demo_actions(Path(model[len(REPLAY_PREFIX):]), sub)
+    elif not is_reference(model) and not Path(model).exists():
+        raise SgvlaError(f"--model {model}: no such checkpoint or run folder (or use 'expert', 'random' or "
+                         "'replay:DEMOS')")
     if task != BUILTIN_TASK:
         from sgvla.eval.mshab_env import require_mshab
 
@@ -89,7 +93,7 @@ ENV_VIEWS = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
 
 def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     """Render only what the policy needs; a model's views are checked against the env before any rollout."""
-    if model in REFERENCE_POLICIES:
+    if is_reference(model):
         return "rgb+depth+segmentation", []
     from sgvla.eval.policies import load_policy_config
 

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from sgvla.errors import SgvlaError
 from sgvla.train import modelops
 from sgvla.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -106,6 +107,10 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
+class NonFiniteLoss(SgvlaError):
+    """A step whose loss is NaN/inf: the run stops before that step changes any weight."""
+
+
 def train_step(model: torch.nn.Module, batches: list[dict], optimizer: torch.optim.Optimizer,
                losses: Sequence[str], cfg: TrainConfig, device: torch.device,
                forward_kwargs: dict | None = None) -> dict[str, float]:
@@ -136,6 +141,10 @@ def train_step(model: torch.nn.Module, batches: list[dict], optimizer: torch.opt
         acc = getattr(out, "token_accuracy", None)
         if acc is not None and "action" in losses:
             add("token_accuracy", acc)
+    loss = float(sums["loss"])
+    if not math.isfinite(loss):  # before the optimizer step: the weights stay those of the last step
+        bad = ", ".join(f"{k}={float(v):.4g}" for k, v in sums.items())
+        raise NonFiniteLoss(f"the loss is not finite ({bad})")
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else math.inf
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
@@ -285,7 +294,13 @@ class Worker:
             while s.step_in_epoch < per_epoch and s.stage_step < total:
                 t0 = time.perf_counter()
                 batches = [next(it) for _ in range(self.accum)]
-                values = train_step(wrapped, batches, self.optimizer, losses, cfg, env.device)
+                try:
+                    values = train_step(wrapped, batches, self.optimizer, losses, cfg, env.device)
+                except NonFiniteLoss as e:
+                    raise SgvlaError(f"{e} at {stage.name} step {s.stage_step + 1} (global step "
+                                     f"{s.global_step + 1}); nothing of that step was saved. Check the data "
+                                     "with `sgvla validate DATASET` or lower optim.lr, then continue from "
+                                     "the last checkpoint with --resume") from None
                 metrics = reduce_metrics(values, keys, env)
                 dt = time.perf_counter() - t0
                 s.step_in_epoch += 1

@@ -16,6 +16,7 @@ from sgvla.errors import SgvlaError
 from sgvla.tasks import SUBTASKS
 from sgvla.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_state
 from sgvla.train.config import TrainConfig
+from sgvla.train.metrics import METRICS_FILE
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -87,6 +88,7 @@ def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetIn
                                  "drop them with --set model.views=... / model.aux_decoders=...")
             if shard is grouped[config][split][0]:  # one sample per config: a full scan would read images
                 _check_not_null(pf, shard.path, needed)
+            _check_finite(pf, shard.path)
             if subtask_ids is None:
                 rows += pf.metadata.num_rows
             else:
@@ -105,6 +107,26 @@ def _check_not_null(pf, path: Path, needed: list[str]) -> None:
     if empty:
         raise SgvlaError(f"dataset shard {path} stores no values for {empty} that this preset needs: use a "
                          "dataset recorded with them or drop them from model.views / model.aux_decoders")
+
+
+#: Float vector columns whose every value must be finite: one NaN in an action or a label makes the
+#: losses NaN a few steps in, and Adam then writes NaN into the weights.
+FINITE_COLUMNS = ("action", "qpos", "base_pose", "obj_pose")
+
+
+def _check_finite(pf, path: Path) -> None:
+    """Every value of the float vector columns is finite (a cheap read: no image column)."""
+    import numpy as np
+
+    cols = [c for c in FINITE_COLUMNS if c in pf.schema_arrow.names]
+    table = pf.read(columns=cols)
+    for c in cols:
+        values = np.asarray(table.column(c).combine_chunks().flatten(), dtype=np.float64).reshape(table.num_rows, -1)
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad.size:
+            raise SgvlaError(f"dataset shard {path} has NaN/inf in column {c!r} ({bad.size} row(s), first: row "
+                             f"{bad[0]}): training on it would produce a NaN model; find the episode with "
+                             "`sgvla validate` and record it again")
 
 
 def _inspect_hub(repo_id: str, cfg: TrainConfig, needed: list[str]) -> DatasetInfo:
@@ -172,6 +194,12 @@ def check_output(output: Path, resume: bool, cfg: TrainConfig, dataset: str) -> 
     output = Path(output)
     run_file = output / RUN_FILE
     prior = json.loads(run_file.read_text()) if run_file.is_file() else None
+    if prior is not None and _never_started(output):
+        # run.json is written before Ray starts: a start that failed there (no CPUs, no cluster) took
+        # no step and saved nothing, so the folder is free for the corrected command, with or without
+        # --resume.
+        print(f"note: {output} holds a run that never took a step; starting it anew")
+        return None
     if prior is None:
         if resume and not (output / CHECKPOINT_DIR).is_dir():
             raise SgvlaError(f"--resume: {output} holds no run to continue (no {RUN_FILE}): drop --resume to "
@@ -196,6 +224,10 @@ def check_output(output: Path, resume: bool, cfg: TrainConfig, dataset: str) -> 
         raise SgvlaError(f"--resume: checkpoint {latest} belongs to another configuration: use a new "
                          "--output")
     return prior
+
+
+def _never_started(output: Path) -> bool:
+    return latest_checkpoint(output / CHECKPOINT_DIR) is None and not (output / METRICS_FILE).is_file()
 
 
 def write_run_file(output: Path, cfg: TrainConfig, dataset: str, workers: int) -> None:
