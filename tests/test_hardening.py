@@ -135,3 +135,60 @@ def test_state_obs_trajectory_of_another_env_is_one_error(tmp_path):
     with pytest.raises(SgvlaError, match="recorded in env PickCube-v1"):
         run_gen(task="mini_kitchen", subtask="pick", episodes=0, out=tmp_path / "ds", demos=demos, split="train",
                 workers=1, ray_address=None, episodes_per_shard=2, overwrite=False)
+
+
+# -- 11: a tampered config.json -------------------------------------------------------------------
+def test_tampered_action_decoding_in_config_is_refused(tmp_path):
+    import json
+
+    from sgvla.eval.runner import run_eval
+    from sgvla.model import SGVLAConfig, SGVLAForActionPrediction
+
+    stats = {k: [0.0] * 13 for k in ("mean", "std")}
+    stats.update(min=[-1.0] * 13, max=[1.0] * 13, q01=[-1.0] * 13, q99=[1.0] * 13)
+    cfg = SGVLAConfig.from_preset("tiny", views=["head_rgb"], aux_decoders=[], use_flow_expert=False,
+                                  action_stats=stats)
+    path = tmp_path / "model"
+    SGVLAForActionPrediction(cfg).save_pretrained(path)
+    SGVLAForActionPrediction.from_pretrained(path)  # as saved: fine
+    doc = json.loads((path / "config.json").read_text())
+    doc["n_action_bins"] = 64
+    (path / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(SgvlaError, match="disagrees with the weights on n_action_bins"):
+        SGVLAForActionPrediction.from_pretrained(path)
+    with pytest.raises(SgvlaError, match="disagrees with the weights on n_action_bins"):
+        run_eval(str(path), "mini_kitchen", "pick", episodes=1, out=tmp_path / "eval")
+
+
+# -- 7: broken checkpoints are refused by the eval driver -----------------------------------------
+@pytest.mark.parametrize("damage, words", [
+    ("truncate", "not a readable safetensors file"),
+    ("pickle", "has no model.safetensors \\(it has pytorch_model.bin"),
+    ("shape", "does not match its config.json"),
+])
+def test_broken_checkpoint_is_one_error_before_any_rollout(tmp_path, damage, words):
+    import json
+
+    import ray
+
+    from sgvla.eval.runner import run_eval
+    from sgvla.model import SGVLAConfig, SGVLAForActionPrediction
+
+    stats = {k: [0.0] * 13 for k in ("mean", "std")}
+    stats.update(min=[-1.0] * 13, max=[1.0] * 13, q01=[-1.0] * 13, q99=[1.0] * 13)
+    cfg = SGVLAConfig.from_preset("tiny", views=["head_rgb"], aux_decoders=[], use_flow_expert=False,
+                                  action_stats=stats)
+    path = tmp_path / "model"
+    SGVLAForActionPrediction(cfg).save_pretrained(path)
+    weights = path / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "pickle":
+        weights.rename(path / "pytorch_model.bin")
+    else:
+        doc = json.loads((path / "config.json").read_text())
+        doc["text_config"]["intermediate_size"] *= 2
+        (path / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(SgvlaError, match=words):
+        run_eval(str(path), "mini_kitchen", "pick", episodes=1, out=tmp_path / "eval")
+    assert not ray.is_initialized(), "refused in the driver, before any worker"

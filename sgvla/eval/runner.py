@@ -95,9 +95,14 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     """Render only what the policy needs; a model's views are checked against the env before any rollout."""
     if is_reference(model):
         return "rgb+depth+segmentation", []
-    from sgvla.eval.policies import load_policy_config
+    from sgvla.eval.policies import load_policy_config, resolve_checkpoint
+    from sgvla.model.loading import check_checkpoint_files
+    from sgvla.model.processing_sgvla import check_action_decoding
 
     cfg = load_policy_config(model)
+    # In the driver, from headers only: one error line instead of a dead Ray actor's traceback.
+    check_checkpoint_files(resolve_checkpoint(model), cfg)
+    check_action_decoding(resolve_checkpoint(model), cfg)
     views = list(cfg.views)
     missing = [v for v in views if v not in ENV_VIEWS]
     if missing:

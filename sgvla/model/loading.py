@@ -49,6 +49,47 @@ def load_sgvla(cls, path: str | os.PathLike, *args, **kwargs):
     return model
 
 
+def check_checkpoint_files(path: Path, config: SGVLAConfig) -> None:
+    """Every weight file of a saved checkpoint is readable safetensors holding the tensors `config`
+    describes, with their shapes. Only headers are read and the model is built on the meta device,
+    so the evaluation driver can refuse a broken checkpoint in a second, before any worker loads it."""
+    from safetensors import safe_open
+
+    from sgvla.model.modeling_sgvla import SGVLAForActionPrediction
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+    else:
+        files = [path / "model.safetensors"]
+    for f in files:
+        if not f.is_file():
+            pickled = [p.name for p in path.glob("*.bin")]
+            hint = f" (it has {pickled[0]}: pickle weights are never loaded)" if pickled else ""
+            raise SgvlaError(f"checkpoint {path} has no {f.name}{hint}: give a folder written by save_pretrained")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in SGVLAForActionPrediction(config).state_dict().items()}
+    found: dict[str, tuple] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                found.update({k: tuple(st.get_slice(k).get_shape()) for k in st.keys()})
+        except Exception as e:  # safetensors raises its own error types for torn headers
+            raise SgvlaError(f"{f} is not a readable safetensors file ({str(e).splitlines()[0]}): the checkpoint "
+                             "is truncated or corrupt; save or copy it again") from None
+    # transformers renames some towers' keys on save (its checkpoint conversions), so names are
+    # compared where they agree and the rest by count; the tied LM head is saved once.
+    wrong = [k for k, shape in found.items() if k in expected and expected[k] != shape]
+    need = len(expected) - (1 if config.text_config.tie_word_embeddings else 0)
+    if wrong or len(found) < need:
+        detail = f"shapes differ for {wrong[:3]}" if wrong else f"{len(found)} tensors where it needs {need}"
+        raise SgvlaError(f"checkpoint {path} does not match its config.json ({detail}): load it with its own "
+                         "config.json, or retrain")
+
+
 def _component(kind: str, loader, src: str, model_types: tuple[str, ...]):
     from transformers import AutoConfig
 

@@ -13,6 +13,7 @@ projected patches after the first text token.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -210,6 +211,7 @@ class SGVLAProcessor:
     # -- persistence -------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
         self.tokenizer.save_pretrained(str(path))
+        (Path(path) / ACTION_DECODING_FILE).write_text(json.dumps(action_decoding(self.config), indent=1))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config) -> SGVLAProcessor:
@@ -217,9 +219,40 @@ class SGVLAProcessor:
         from transformers import AutoTokenizer
 
         p = Path(path)
+        check_action_decoding(p, config)
         if p.is_dir() and not any((p / f).exists() for f in TOKENIZER_FILES):
             return cls(config, build_byte_tokenizer())
         return cls(config, AutoTokenizer.from_pretrained(str(path)))
+
+
+#: What turns the model's outputs into actions, recorded when the weights are saved: an edited
+#: config.json (other bins, another token range or other statistics) would decode every action
+#: differently from how the weights were trained, without any error.
+ACTION_DECODING_FILE = "action_decoding.json"
+
+
+def action_decoding(config) -> dict:
+    stats = config.action_stats or {}
+    return {"action_dim": config.action_dim, "n_action_bins": config.n_action_bins,
+            "action_token_begin": config.action_token_begin,
+            "action_q01": stats.get("q01"), "action_q99": stats.get("q99")}
+
+
+def check_action_decoding(path: Path, config) -> None:
+    """The checkpoint's config agrees with the decoding recorded with its weights (if recorded)."""
+    record = path / ACTION_DECODING_FILE
+    if not record.is_file():
+        return  # checkpoints from before the record, and Hub folders without it
+    try:
+        saved = json.loads(record.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SgvlaError(f"{record} is not valid JSON ({e}): restore the checkpoint folder as it was saved") from None
+    now = action_decoding(config)
+    changed = [k for k in saved if k in now and now[k] != saved[k]]
+    if changed:
+        raise SgvlaError(f"{path}/config.json disagrees with the weights on {', '.join(changed)} (recorded in "
+                         f"{record.name} when they were saved): the actions would be decoded differently from "
+                         "how the model was trained; restore the checkpoint's own config.json")
 
 
 def _kind(view: str) -> str:
