@@ -34,6 +34,14 @@ def _user_errors(fn):
         except SgvlaError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError) as e:
+            # A path the user gave that cannot be read or created (a missing parent, a file where a
+            # folder belongs, no permission): what to fix is the path, not the program.
+            where = f" {e.filename}" if e.filename else ""
+            typer.secho(f"error: cannot use{where}: {e.strerror or e}; check the path you gave (its parent "
+                        "folder must exist and be writable, a folder must not be a file)", fg=typer.colors.RED,
+                        err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.secho("interrupted; re-run the same command to resume", err=True)
             raise typer.Exit(130) from None

@@ -192,3 +192,26 @@ def test_broken_checkpoint_is_one_error_before_any_rollout(tmp_path, damage, wor
     with pytest.raises(SgvlaError, match=words):
         run_eval(str(path), "mini_kitchen", "pick", episodes=1, out=tmp_path / "eval")
     assert not ray.is_initialized(), "refused in the driver, before any worker"
+
+
+# -- 10: paths a user can fix are one error line ----------------------------------------------------
+def test_unusable_paths_and_binary_config_are_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from sgvla.cli import app
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    runner = CliRunner()
+    cases = [
+        (["eval", "--model", "expert", "--episodes", "1", "--out", str(afile / "x")], "--out"),
+        (["train", "--config", str(binary), "--dataset", str(tmp_path), "--output", str(tmp_path / "r")],
+         "not a text file"),
+        (["gen", "--task", "mini_kitchen", "--subtask", "pick", "--out", str(afile / "ds"), "--workers", "1"],
+         "cannot use"),
+    ]
+    for args, words in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, (args, res.output)

@@ -74,6 +74,10 @@ def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path,
         raise SgvlaError(f"unknown --mode {mode!r}: choose one of {', '.join(MODES)}")
     if out.exists() and not out.is_dir():
         raise SgvlaError(f"--out {out} is a file: give a folder for results.json, results.md and videos")
+    try:  # now, not after the rollouts: a path that cannot be written must not cost an evaluation
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SgvlaError(f"--out {out} cannot be created ({e.strerror or e}): give a writable folder") from None
     if model.startswith(REPLAY_PREFIX):
         for sub in subs:  # fail before any worker starts, naming the missing file
             first_demo_actions(Path(model[len(REPLAY_PREFIX):]), sub)

@@ -267,6 +267,9 @@ def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise SgvlaError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    except UnicodeDecodeError:
+        raise SgvlaError(f"config {path} is not a text file (not UTF-8): give a YAML file such as "
+                         "configs/tiny.yaml") from None
     if not isinstance(data, dict):
         raise SgvlaError(f"config {path} must be a mapping of sections (model:, train:, ...)")
     base = data.pop("base", None)
