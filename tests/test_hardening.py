@@ -215,3 +215,17 @@ def test_unusable_paths_and_binary_config_are_one_line(tmp_path):
     for args, words in cases:
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+# -- 9: a deleted shard ------------------------------------------------------------------------------
+def test_deleted_shard_is_found_before_training(tmp_path):
+    import ray
+
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+    from sgvla.train.launch import run_train
+
+    data = write_synthetic_dataset(tmp_path / "data", episodes={"train": [4, 4, 4]}, episodes_per_shard=1)
+    sorted(data.glob("*/data/train-*.parquet"))[1].unlink()
+    with pytest.raises(SgvlaError, match=r"train shards \[1\] of 3 are missing.*sgvla validate"):
+        run_train(TINY, str(data), tmp_path / "run")
+    assert not ray.is_initialized()

@@ -68,7 +68,7 @@ def validate_dataset(path: Path) -> list[str]:
     """Every problem found in the dataset folder `path` (empty list = valid)."""
     root = Path(path)
     shards = require_dataset(root)
-    problems = _check_layout(root, shards)
+    problems = check_layout(root, shards)
     tables: dict[Path, pa.Table] = {}
     num_rows: dict[Path, int] = {}  # per readable shard, from its footer (read once per shard)
     for shard in shards:
@@ -98,7 +98,8 @@ def validate_dataset(path: Path) -> list[str]:
 # ---------------------------------------------------------------- layout and schema
 
 
-def _check_layout(root: Path, shards: list[Shard]) -> list[str]:
+def check_layout(root: Path, shards: list[Shard]) -> list[str]:
+    """Shard file names and numbering: stray files, disagreeing totals, missing or extra indices."""
     problems = []
     known = {s.path for s in shards}
     for p in sorted(root.glob("*/data/*.parquet")):
@@ -188,7 +189,7 @@ def _check_episode_rows(shard: Shard, config: str, t: pa.Table) -> list[str]:
     if not np.array_equal(order, np.arange(len(ep))):
         problems.append(f"{shard.path}: rows are not sorted by (episode_index, frame_index)")
     tasks = set(_np(t, "task").tolist())
-    if config in TASKS and tasks - {FEATURES["task"].str2int(config)}:  # unknown configs: _check_layout
+    if config in TASKS and tasks - {FEATURES["task"].str2int(config)}:  # unknown configs: check_layout
         names = sorted(FEATURES["task"].int2str(int(i)) for i in tasks)
         problems.append(f"{shard.path}: task column holds {names}, the config is {config!r}")
     ts = _np(t, "timestamp")

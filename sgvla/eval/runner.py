@@ -176,8 +176,9 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
     if len(records) != len(jobs):
         raise SgvlaError(f"evaluation finished {len(records)} of {len(jobs)} episodes: nothing was written")
     records.sort(key=lambda r: (subs.index(r["subtask"]), r["seed"]))
-    results = {"model": model, "task": task, "mode": mode, "split": split, "seed": seed, "seeds": seeds,
-               "views": views, "max_steps": max_steps, "episodes": records, "aggregate": aggregate(records)}
+    results = {"model": model, "task": task, "mode": "reference" if is_reference(model) else mode,
+               "split": split, "seed": seed, "seeds": seeds, "views": views, "max_steps": max_steps,
+               "episodes": records, "aggregate": aggregate(records)}
     json_path, md_path = write_results(out, results)
     print(markdown_table(results))
     print(f"\nresults: {json_path} and {md_path}" + (f"; videos in {out / 'videos'}" if video else ""))

@@ -65,8 +65,14 @@ def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetIn
 
     from sgvla.dataset.layout import group_shards, require_dataset
     from sgvla.dataset.torch_dataset import load_stats_for
+    from sgvla.dataset.validate import check_layout
 
-    grouped = group_shards(require_dataset(root))
+    shards = require_dataset(root)
+    layout = check_layout(root, shards)
+    if layout:  # a deleted shard would otherwise surface inside the workers as a raw datasets error
+        raise SgvlaError(f"{layout[0]}; run `sgvla validate {root}` for the full list, then re-run `sgvla gen` "
+                         "on the folder to record what is missing")
+    grouped = group_shards(shards)
     split = cfg.data.split
     have = sorted(c for c, splits in grouped.items() if split in splits)
     configs = cfg.data.configs or have
