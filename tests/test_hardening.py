@@ -229,3 +229,18 @@ def test_deleted_shard_is_found_before_training(tmp_path):
     with pytest.raises(SgvlaError, match=r"train shards \[1\] of 3 are missing.*sgvla validate"):
         run_train(TINY, str(data), tmp_path / "run")
     assert not ray.is_initialized()
+
+
+# -- 13: two writers of one dataset folder ------------------------------------------------------------
+def test_second_gen_on_the_same_folder_fails_fast_naming_the_holder(tmp_path):
+    from sgvla.datagen.pipeline import run_gen
+    from sgvla.dataset.atomic import folder_lock
+
+    args = dict(task="mini_kitchen", subtask="pick", episodes=1, out=tmp_path / "ds", demos=None, split="train",
+                workers=1, ray_address=None, episodes_per_shard=1, overwrite=False)
+    with folder_lock(tmp_path / "ds", "`sgvla gen`"):  # what a first, still running gen holds
+        with pytest.raises(SgvlaError, match=f"being written by another `sgvla gen` \\(PID {os.getpid()}\\)"):
+            run_gen(**args)
+    with folder_lock(tmp_path / "ds", "`sgvla gen`"):  # released: the folder can be taken again
+        pass
+    assert not (tmp_path / "ds").exists(), "the refused run must not have touched the folder"

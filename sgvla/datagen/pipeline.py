@@ -40,7 +40,7 @@ from sgvla.datagen.plan import (
     store_plan,
 )
 from sgvla.datagen.sources import DemoFile, find_demo_files
-from sgvla.dataset.atomic import write_json_atomic
+from sgvla.dataset.atomic import folder_lock, write_json_atomic
 from sgvla.dataset.layout import MANIFEST_PATH, PLAN_PATH, find_shards, read_json
 from sgvla.errors import SgvlaError
 from sgvla.raysession import RaySession
@@ -408,6 +408,13 @@ def run_gen(task: str, subtask: str, episodes: int, out: Path, demos: Path | Non
     out = Path(out)
     subtasks = subtasks_for(task, subtask)
     _check_args(split, episodes, workers, episodes_per_shard, out)
+    with folder_lock(out, "`sgvla gen`"):
+        return _run_gen(task, subtask, subtasks, episodes, out, demos, split, workers, ray_address,
+                        episodes_per_shard, overwrite)
+
+
+def _run_gen(task: str, subtask: str, subtasks: tuple[str, ...], episodes: int, out: Path, demos: Path | None,
+             split: str, workers: int, ray_address: str | None, episodes_per_shard: int, overwrite: bool) -> bool:
     fresh = not out.exists()
     _prepare_out(out, overwrite)
     session = RaySession(ray_address, num_cpus=max(workers, os.cpu_count() or 1))
