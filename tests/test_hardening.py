@@ -244,3 +244,18 @@ def test_second_gen_on_the_same_folder_fails_fast_naming_the_holder(tmp_path):
     with folder_lock(tmp_path / "ds", "`sgvla gen`"):  # released: the folder can be taken again
         pass
     assert not (tmp_path / "ds").exists(), "the refused run must not have touched the folder"
+
+
+# -- 12: temp folders of a killed writer ------------------------------------------------------------
+def test_stale_temp_folders_are_removed_on_start_and_resume(tmp_path):
+    from sgvla.train.launch import clean_stale_temp
+
+    run = tmp_path / "run"
+    keep = [run / "stages" / "stage1", run / "snapshots" / "step-00000010", run / "model"]
+    stale = [run / "stages" / ".stage1.tmp-1a2b3c4d", run / "snapshots" / ".step-00000020.old-5e6f7a8b",
+             run / ".model.tmp-0badf00d", run / "checkpoints" / ".tmp-checkpoint_000003-4242"]
+    for p in keep + stale:
+        p.mkdir(parents=True)
+        (p / "model.safetensors").write_bytes(b"x")
+    assert sorted(clean_stale_temp(run)) == sorted(stale)
+    assert all(p.is_dir() for p in keep) and not any(p.exists() for p in stale)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 from sgvla.errors import SgvlaError
@@ -28,7 +29,7 @@ from sgvla.raysession import RaySession
 from sgvla.train import modelops
 from sgvla.train.checkpoint import CHECKPOINT_DIR
 from sgvla.train.config import batch_plan, load_config
-from sgvla.train.loop import FINAL_MODEL_DIR, worker_entry
+from sgvla.train.loop import FINAL_MODEL_DIR, SNAPSHOTS_DIR, STAGES_DIR, worker_entry
 from sgvla.train.metrics import METRICS_FILE, read_metrics
 from sgvla.train.preflight import check_output, inspect_dataset, write_run_file
 from sgvla.train.stages import plan_stages
@@ -84,6 +85,7 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
     info = inspect_dataset(str(dataset), cfg, mc)
     output = Path(output).expanduser().resolve()
     prior = check_output(output, resume, cfg, info.source)
+    clean_stale_temp(output)
     if prior is None:
         write_run_file(output, cfg, info.source, workers)
     elif prior.get("workers") != workers:
@@ -103,6 +105,22 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
     print(f"trained {summary['steps']} steps; final model: {summary['model']}; metrics: {summary['metrics']} "
           f"(draw them with `sgvla plot {output}`)")
     return summary
+
+
+def clean_stale_temp(output: Path) -> list[Path]:
+    """Remove what a killed writer of this run left behind: `save_pretrained`'s `.<name>.tmp-*` /
+    `.<name>.old-*` folders (final model, stage models, snapshots) and checkpoints' `.tmp-*` folders.
+    Only the driver calls this, before any worker starts, so nothing is still writing them."""
+    removed = []
+    for folder in (output, output / STAGES_DIR, output / SNAPSHOTS_DIR, output / CHECKPOINT_DIR):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.is_dir() and p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name
+                                                          or p.name.startswith(".tmp-")):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
 
 
 def _drop_torn_ray_snapshot(output: Path) -> None:
