@@ -55,7 +55,7 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
     when the holder exits, even by kill -9, so a stale lock file never blocks a later run."""
     import fcntl
 
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # `--out .` too gets a named lock file beside it
     folder.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
