@@ -259,3 +259,15 @@ def test_stale_temp_folders_are_removed_on_start_and_resume(tmp_path):
         (p / "model.safetensors").write_bytes(b"x")
     assert sorted(clean_stale_temp(run)) == sorted(stale)
     assert all(p.is_dir() for p in keep) and not any(p.exists() for p in stale)
+
+
+# -- 14: notices -------------------------------------------------------------------------------------
+def test_more_episodes_asked_than_the_demos_hold_is_said(tmp_path, capsys):
+    from sgvla.datagen.plan import build_plan
+    from sgvla.datagen.sources import DemoEpisode, DemoFile
+
+    eps = tuple(DemoEpisode(f"traj_{i}", i, 5, {"seed": i}, {}, True) for i in range(2))
+    files = {"pick": [DemoFile(tmp_path / "pick.h5", "MiniKitchenPick-v0", {}, 200, "pick", "actions", eps)]}
+    plan = build_plan("tidy_house", "train", files, episodes=50, episodes_per_shard=8)
+    assert sum(len(s.episodes) for s in plan) == 2
+    assert "--episodes 50 but the demos hold 2 episode(s) of pick: recording 2" in capsys.readouterr().err

@@ -13,6 +13,7 @@ worker keeps one simulator for a whole shard) and of one config (task).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,6 +93,10 @@ def build_plan(config: str, split: str, files: dict[str, list[DemoFile]], episod
     """Shards for one (config, split): subtasks in the task's order, files sorted, episodes in order."""
     groups: list[list[tuple[DemoFile, object]]] = []
     for subtask in files:
+        have = sum(len(f.episodes) for f in files[subtask])
+        if episodes > have:  # say so: a dataset smaller than asked for must not pass unnoticed
+            print(f"note: --episodes {episodes} but the demos hold {have} episode(s) of {subtask}: "
+                  f"recording {have}", file=sys.stderr)
         for f, eps in _take(sorted(files[subtask], key=lambda f: str(f.path)), episodes):
             for i in range(0, len(eps), episodes_per_shard):
                 groups.append([(f, e) for e in eps[i:i + episodes_per_shard]])
