@@ -138,10 +138,8 @@ def test_state_obs_trajectory_of_another_env_is_one_error(tmp_path):
 
 
 # -- 11: a tampered config.json -------------------------------------------------------------------
-def test_tampered_action_decoding_in_config_is_refused(tmp_path):
-    import json
-
-    from sgvla.eval.runner import run_eval
+def _saved_tiny_model(tmp_path: Path) -> Path:
+    """A random tiny checkpoint (head RGB only, tokens only) written by save_pretrained."""
     from sgvla.model import SGVLAConfig, SGVLAForActionPrediction
 
     stats = {k: [0.0] * 13 for k in ("mean", "std")}
@@ -150,6 +148,16 @@ def test_tampered_action_decoding_in_config_is_refused(tmp_path):
                                   action_stats=stats)
     path = tmp_path / "model"
     SGVLAForActionPrediction(cfg).save_pretrained(path)
+    return path
+
+
+def test_tampered_action_decoding_in_config_is_refused(tmp_path):
+    import json
+
+    from sgvla.eval.runner import run_eval
+    from sgvla.model import SGVLAForActionPrediction
+
+    path = _saved_tiny_model(tmp_path)
     SGVLAForActionPrediction.from_pretrained(path)  # as saved: fine
     doc = json.loads((path / "config.json").read_text())
     doc["n_action_bins"] = 64
@@ -172,14 +180,8 @@ def test_broken_checkpoint_is_one_error_before_any_rollout(tmp_path, damage, wor
     import ray
 
     from sgvla.eval.runner import run_eval
-    from sgvla.model import SGVLAConfig, SGVLAForActionPrediction
 
-    stats = {k: [0.0] * 13 for k in ("mean", "std")}
-    stats.update(min=[-1.0] * 13, max=[1.0] * 13, q01=[-1.0] * 13, q99=[1.0] * 13)
-    cfg = SGVLAConfig.from_preset("tiny", views=["head_rgb"], aux_decoders=[], use_flow_expert=False,
-                                  action_stats=stats)
-    path = tmp_path / "model"
-    SGVLAForActionPrediction(cfg).save_pretrained(path)
+    path = _saved_tiny_model(tmp_path)
     weights = path / "model.safetensors"
     if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])

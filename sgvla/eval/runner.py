@@ -105,8 +105,9 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
 
     cfg = load_policy_config(model)
     # In the driver, from headers only: one error line instead of a dead Ray actor's traceback.
-    check_checkpoint_files(resolve_checkpoint(model), cfg)
-    check_action_decoding(resolve_checkpoint(model), cfg)
+    folder = resolve_checkpoint(model)
+    check_checkpoint_files(folder, cfg)
+    check_action_decoding(folder, cfg)
     views = list(cfg.views)
     missing = [v for v in views if v not in ENV_VIEWS]
     if missing:
