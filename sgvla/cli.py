@@ -8,7 +8,9 @@ user can fix are raised as `SgvlaError` and printed as one line with a non-zero 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -24,11 +26,19 @@ app = typer.Typer(
 )
 
 
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _user_errors(fn):
-    """Turn SgvlaError into `error: <message>` on stderr and exit code 2."""
+    """Turn SgvlaError into `error: <message>` on stderr and exit code 2; Ctrl-C and SIGTERM into
+    `interrupted; <how to continue>` and exit code 130 (after every `finally` has run: Ray shut
+    down, locks released, temporary files removed)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
         try:
             return fn(*args, **kwargs)
         except SgvlaError as e:
@@ -42,8 +52,8 @@ def _user_errors(fn):
                         "folder must exist and be writable, a folder must not be a file)", fg=typer.colors.RED,
                         err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted; re-run the same command to resume", err=True)
+        except KeyboardInterrupt as e:
+            typer.secho(f"interrupted; {str(e) or 're-run the same command to resume'}", err=True)
             raise typer.Exit(130) from None
 
     return wrapper

@@ -8,3 +8,7 @@ exits non-zero instead of showing a traceback from deep inside a library.
 
 class SgvlaError(Exception):
     """A problem with the user's input or machine, with a message that says what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, carrying what to run to continue (the CLI prints it and exits 130)."""

@@ -12,9 +12,27 @@ read as one sentence naming that flag rather than Ray's ConnectionError tracebac
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sgvla.errors import SgvlaError
+from sgvla.waits import reach_within
+
+
+@contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """`ray.init` replaces the process's SIGTERM handler with one that exits at once (status 15,
+    no `finally`, no word); put back whatever the process had (the CLI's: stop like Ctrl-C)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 class RaySession:
@@ -40,7 +58,8 @@ class RaySession:
             if not self.address:
                 kwargs.update(num_cpus=self.num_cpus, include_dashboard=self.include_dashboard)
             try:
-                ray.init(address=self.address or "local", **kwargs)
+                with _keep_sigterm_handler():
+                    self._init(ray, kwargs)
             except (ConnectionError, ValueError) as e:
                 if not self.address:
                     raise
@@ -49,6 +68,15 @@ class RaySession:
                                  "with `ray start --head` or drop --ray-address to run locally") from None
             self.started = True
         return self
+
+    def _init(self, ray, kwargs: dict) -> None:
+        if not self.address:
+            ray.init(address="local", **kwargs)
+            return
+        with reach_within(f"the Ray cluster at --ray-address {self.address}",
+                          "check the address (`ray status` on the head node) or drop --ray-address to run "
+                          "locally"):
+            ray.init(address=self.address, **kwargs)
 
     def close(self) -> None:
         """Shut Ray down if (and only if) this session started it; safe to call twice."""

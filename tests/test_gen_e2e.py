@@ -186,6 +186,28 @@ def test_rerun_resumes_with_nothing_to_redo(built):
     assert {s.path: s.path.stat().st_mtime_ns for s in find_shards(built)} == before
 
 
+def test_truncated_shard_and_corrupt_plan_are_rebuilt(built, capsys):
+    """A shard cut short (disk full, killed copy) and an unreadable plan: the same command rebuilds
+    exactly that shard, identical to before, and touches no other."""
+    import pyarrow.parquet as pq
+
+    from sgvla.dataset.validate import validate_dataset
+
+    shards = find_shards(built)
+    victim = shards[0].path
+    cols = ["episode_index", "frame_index", "qpos", "action"]
+    original = pq.read_table(victim, columns=cols)
+    others = {s.path: s.path.stat().st_mtime_ns for s in shards[1:]}
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    (built / "meta" / "plan.json").write_text('{"version": 1, "pla')
+    assert _gen(built, episodes_per_shard=2)
+    err = capsys.readouterr().err
+    assert "rebuilding the plan" in err and f"{victim} is incomplete" in err
+    assert pq.read_table(victim, columns=cols).equals(original)
+    assert {p: p.stat().st_mtime_ns for p in others} == others
+    assert validate_dataset(built) == []
+
+
 # ---------------------------------------------------------------- crashes
 
 

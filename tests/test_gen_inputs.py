@@ -215,20 +215,71 @@ def test_stored_plan_resumes_or_demands_overwrite(tmp_path):
     store_plan(root, "tidy_house", "val", build_plan("tidy_house", "val", files, 0, 1))  # other split: new plan
 
 
+def _outcomes(shard, kept: bool = True) -> dict:
+    return {"shard": shard.relpath, "episodes": [
+        {"episode_index": e.episode_index, "source": f"{e.source}:{e.traj}", "length": e.length,
+         "status": "kept" if kept else "dropped"} for e in shard.episodes]}
+
+
+def _parquet(path: Path, rows: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"frame_index": list(range(rows))}), path)
+
+
 def test_shard_counts_as_done_only_with_all_its_files(tmp_path):
     files = _files(tmp_path / "demos", {"pick": [1]})
     root = tmp_path / "ds"
     (shard,) = build_plan("tidy_house", "train", files, 0, 2)
     outcomes_path(root, "tidy_house", "train", 0).parent.mkdir(parents=True)
-    outcomes_path(root, "tidy_house", "train", 0).write_text("{}")
+    outcomes_path(root, "tidy_house", "train", 0).write_text(json.dumps(_outcomes(shard)))
     shard_stats_path(root, "tidy_house", "train", 0).parent.mkdir(parents=True)
     shard_stats_path(root, "tidy_house", "train", 0).write_text("{}")
     assert not shard_done(root, shard)  # killed before the Parquet rename
     (root / shard.relpath).parent.mkdir(parents=True)
     (root / f".{Path(shard.relpath).name}.tmp-123").write_text("half")
     assert not shard_done(root, shard)
-    (root / shard.relpath).write_text("whole")
+    _parquet(root / shard.relpath, shard.frames)
     assert shard_done(root, shard)
+
+
+def test_truncated_or_foreign_shard_is_not_done(tmp_path):
+    """A shard cut short (disk full, killed copy) or left by another plan is rebuilt, not trusted."""
+    files = _files(tmp_path / "demos", {"pick": [2]})
+    root = tmp_path / "ds"
+    (shard,) = build_plan("tidy_house", "train", files, 0, 2)
+    for p in (outcomes_path(root, "tidy_house", "train", 0), shard_stats_path(root, "tidy_house", "train", 0),
+              root / shard.relpath):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    outcomes_path(root, "tidy_house", "train", 0).write_text(json.dumps(_outcomes(shard)))
+    shard_stats_path(root, "tidy_house", "train", 0).write_text("{}")
+    path = root / shard.relpath
+    _parquet(path, shard.frames)
+    assert shard_done(root, shard)
+    path.write_bytes(path.read_bytes()[:-20])  # the footer is gone
+    assert not shard_done(root, shard)
+    _parquet(path, shard.frames - 1)  # one row short of its kept episodes
+    assert not shard_done(root, shard)
+    _parquet(path, 0)  # all dropped: no rows is right
+    outcomes_path(root, "tidy_house", "train", 0).write_text(json.dumps(_outcomes(shard, kept=False)))
+    assert shard_done(root, shard)
+    other = _outcomes(shard, kept=False)
+    other["episodes"][0]["episode_index"] += 7  # another plan's episodes under this name
+    outcomes_path(root, "tidy_house", "train", 0).write_text(json.dumps(other))
+    assert not shard_done(root, shard)
+
+
+def test_corrupt_plan_is_rebuilt_not_fatal(tmp_path, capsys):
+    files = _files(tmp_path / "demos", {"pick": [3]})
+    root = tmp_path / "ds"
+    plan = build_plan("tidy_house", "train", files, 0, 2)
+    store_plan(root, "tidy_house", "train", plan)
+    (root / "meta" / "plan.json").write_text('{"version": 1, "plans": {"tidy')
+    assert load_plan(root, "tidy_house", "train") is None
+    assert "rebuilding the plan" in capsys.readouterr().err
+    store_plan(root, "tidy_house", "train", plan)
+    assert load_plan(root, "tidy_house", "train") == plan
 
 
 # ---------------------------------------------------------------- bad input

@@ -219,6 +219,49 @@ def test_unusable_paths_and_binary_config_are_one_line(tmp_path):
         assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, (args, res.output)
 
 
+# -- 8: Ctrl-C and SIGTERM -------------------------------------------------------------------------
+def _signal_when(args: list[str], cwd: Path, ready: str, sig: int) -> tuple[int, str]:
+    """Run `sgvla ARGS`, send `sig` once `ready` shows in its output, return (status, output)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = cwd / "out.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "sgvla.cli", *args], cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        end = time.time() + 300
+        while ready not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.time() < end, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return rc, log.read_text(errors="replace")
+
+
+def test_ctrl_c_in_train_and_sigterm_in_gen_say_how_to_continue(tmp_path):
+    import signal
+
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", episodes={"train": [30, 30]})
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(f"base: {TINY}\nstage2:\n  epochs: 100\n  max_steps: 5000\n")
+    rc, out = _signal_when(["train", "--config", str(cfg), "--dataset", str(data), "--output", "run"], tmp_path,
+                           "stage2 loss", signal.SIGINT)
+    assert rc == 130, out[-3000:]
+    assert f"interrupted; continue with `sgvla train ... --resume --output {tmp_path / 'run'}`" in out
+    rc, out = _signal_when(["gen", "--task", "mini_kitchen", "--subtask", "pick", "--episodes", "1", "--out", "ds",
+                            "--workers", "1"], tmp_path, "sgvla gen:", signal.SIGTERM)
+    assert rc == 130 and "interrupted; re-run the same command to resume" in out, out[-3000:]
+    assert "Traceback" not in out and "SIGTERM" not in out, out[-3000:]
+
+
 # -- 9: a deleted shard ------------------------------------------------------------------------------
 def test_deleted_shard_is_found_before_training(tmp_path):
     import ray
@@ -231,6 +274,81 @@ def test_deleted_shard_is_found_before_training(tmp_path):
     with pytest.raises(SgvlaError, match=r"train shards \[1\] of 3 are missing.*sgvla validate"):
         run_train(TINY, str(data), tmp_path / "run")
     assert not ray.is_initialized()
+
+
+# -- 4: bounded waits --------------------------------------------------------------------------------
+@pytest.fixture
+def silent_endpoint():
+    """A TCP port that accepts connections and never answers (what hung Ray and the Hub clients)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    t.join()
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_unanswered_cluster_and_hub_are_bounded_waits(tmp_path, silent_endpoint):
+    import subprocess
+    import sys
+    import time
+
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", episodes={"train": [4, 4]})
+    env = dict(os.environ, SGVLA_REACH_TIMEOUT="3", HF_ENDPOINT=f"http://{silent_endpoint}", HF_TOKEN="hf_x")
+    env.pop("HF_HUB_OFFLINE", None)
+    cases = [
+        (["eval", "--model", "expert", "--subtask", "pick", "--episodes", "1", "--ray-address", silent_endpoint,
+          "--out", str(tmp_path / "ev")], "the Ray cluster at --ray-address"),
+        (["push-dataset", str(data), "--repo-id", "someone/data"], "the Hugging Face Hub"),
+        (["train", "--config", str(TINY), "--dataset", "someone/data", "--output", str(tmp_path / "run")],
+         "the Hugging Face Hub"),
+    ]
+    for args, words in cases:
+        t0 = time.time()
+        res = subprocess.run([sys.executable, "-m", "sgvla.cli", *args], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 2, (args, res.stderr[-2000:])
+        assert f"error: cannot reach {words}" in res.stderr, res.stderr[-2000:]
+        assert time.time() - t0 < 60, args
+
+
+# -- 5: a truncated shard --------------------------------------------------------------------------
+def test_truncated_shard_is_one_error_line_for_readers(tmp_path):
+    from typer.testing import CliRunner
+
+    from sgvla.cli import app
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", episodes={"train": [4, 4]}, episodes_per_shard=1)
+    shard = sorted(data.glob("*/data/train-*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:1000])
+    runner = CliRunner()
+    for args in (["info", str(data)], ["viz", str(data), "--episode", "0", "--out", str(tmp_path / "v.mp4")],
+                 ["train", "--config", str(TINY), "--dataset", str(data), "--output", str(tmp_path / "run")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert f"{shard} is not a readable Parquet file" in res.output and "Traceback" not in res.output, res.output
+        assert "re-run the `sgvla gen` command" in res.output
 
 
 # -- 13: two writers of one dataset folder ------------------------------------------------------------

@@ -433,6 +433,9 @@ def _run_gen(task: str, subtask: str, subtasks: tuple[str, ...], episodes: int, 
         raise
     try:
         todo = [s for s in plan if not shard_done(out, s)]
+        for s in todo:
+            if (out / s.relpath).is_file():
+                print(f"note: {out / s.relpath} is incomplete or from another plan: rebuilding it", file=sys.stderr)
         if todo:
             print(f"{task}/{split}: {len(plan) - len(todo)} of {len(plan)} shards already done, "
                   f"{len(todo)} to go", file=sys.stderr)

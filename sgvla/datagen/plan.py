@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sgvla.datagen.sources import DemoFile
 from sgvla.dataset.atomic import write_json_atomic
-from sgvla.dataset.layout import PLAN_PATH, shard_stats_path
+from sgvla.dataset.layout import PLAN_PATH, shard_rows, shard_stats_path
 from sgvla.dataset.schema import shard_path
 from sgvla.errors import SgvlaError
 
@@ -126,9 +126,13 @@ def read_plans(root: Path) -> dict:
         return {}
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SgvlaError(f"{p} is corrupt ({e}): re-run with --overwrite to start over") from e
-    return doc.get("plans", {})
+        return dict(doc["plans"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        # The plan is a pure function of the demos and flags: recompute it. Shards already on disk
+        # are kept only where their recorded episodes match it (`shard_done`), so nothing is lost.
+        print(f"note: {p} is unreadable ({type(e).__name__}): rebuilding the plan from the demos and "
+              "flags; shards that match it are kept", file=sys.stderr)
+        return {}
 
 
 def load_plan(root: Path, config: str, split: str) -> list[ShardPlan] | None:
@@ -165,6 +169,22 @@ def shard_done(root: Path, shard: ShardPlan) -> bool:
     implies the others; checking all three also redoes shards whose metadata someone deleted.
     """
     root = Path(root)
-    return ((root / shard.relpath).is_file()
-            and shard_stats_path(root, shard.config, shard.split, shard.shard_index).is_file()
-            and outcomes_path(root, shard.config, shard.split, shard.shard_index).is_file())
+    outcomes = outcomes_path(root, shard.config, shard.split, shard.shard_index)
+    if not ((root / shard.relpath).is_file() and outcomes.is_file()
+            and shard_stats_path(root, shard.config, shard.split, shard.shard_index).is_file()):
+        return False
+    return _shard_intact(root, shard, outcomes)
+
+
+def _shard_intact(root: Path, shard: ShardPlan, outcomes: Path) -> bool:
+    """The shard holds this plan's episodes and its Parquet file is whole: the outcomes name the
+    planned episodes, and the footer reads and counts the rows of the kept ones. A file cut short
+    (disk full, a copy killed half way) or left by another plan is rebuilt, not counted done."""
+    try:
+        recorded = json.loads(outcomes.read_text(encoding="utf-8"))["episodes"]
+        rows = shard_rows(root / shard.relpath)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, SgvlaError):
+        recorded, rows = None, -1
+    planned = [(e.episode_index, f"{e.source}:{e.traj}") for e in shard.episodes]
+    return (recorded is not None and [(o.get("episode_index"), o.get("source")) for o in recorded] == planned
+            and rows == sum(o.get("length", 0) for o in recorded if o.get("status") == "kept"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from datasets import DatasetInfo, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
@@ -19,7 +18,15 @@ from huggingface_hub import DatasetCardData
 
 import sgvla
 from sgvla.dataset.atomic import write_text_atomic
-from sgvla.dataset.layout import CARD_PATH, MANIFEST_PATH, fmt_bytes, group_shards, read_json, require_dataset
+from sgvla.dataset.layout import (
+    CARD_PATH,
+    MANIFEST_PATH,
+    fmt_bytes,
+    group_shards,
+    read_json,
+    require_dataset,
+    shard_rows,
+)
 from sgvla.dataset.schema import FEATURES, FIELD_DOCS, FPS, IMAGE_SIZE, STATS_FIELDS, STATS_PATH
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -33,7 +40,7 @@ def _split_infos(root: Path) -> tuple[dict, dict]:
     for config, splits in group_shards(require_dataset(root)).items():
         sd = SplitDict()
         for split, shards in splits.items():
-            rows = sum(pq.ParquetFile(s.path).metadata.num_rows for s in shards)
+            rows = sum(shard_rows(s.path) for s in shards)
             size = sum(s.path.stat().st_size for s in shards)
             sd.add(SplitInfo(name=split, num_bytes=size, num_examples=rows))
             files.setdefault(config, {})[split] = f"{config}/data/{split}-?????-of-?????.parquet"

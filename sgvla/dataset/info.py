@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from sgvla.dataset.layout import fmt_bytes, group_shards, require_dataset
+from sgvla.dataset.layout import fmt_bytes, group_shards, open_shard, require_dataset
 from sgvla.dataset.schema import FEATURES
 
 
@@ -23,7 +22,8 @@ def info_rows(path: Path) -> list[dict]:
         for split, shards in splits.items():
             ep, sub = [], []
             for s in shards:
-                t = pq.read_table(s.path, columns=["episode_index", "subtask"])
+                with open_shard(s.path) as pf:
+                    t = pf.read(columns=["episode_index", "subtask"])
                 ep.append(t.column("episode_index").to_numpy())
                 sub.append(t.column("subtask").to_numpy())
             ep_a, sub_a = np.concatenate(ep), np.concatenate(sub)

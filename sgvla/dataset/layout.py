@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from sgvla.dataset.schema import STATS_PATH
 from sgvla.errors import SgvlaError
 
@@ -67,6 +70,23 @@ def require_dataset(root: Path) -> list[Shard]:
         raise SgvlaError(f"{root} holds no <task>/data/<split>-NNNNN-of-NNNNN.parquet shards: "
                          "pass a folder written by `sgvla gen`")
     return shards
+
+
+def open_shard(path: Path) -> pq.ParquetFile:
+    """The shard's Parquet file with its footer read, or one SgvlaError for a file that is cut short
+    (a full disk, a killed copy): readers never meet a raw pyarrow error for it."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise SgvlaError(f"{path} is not a readable Parquet file ({e}): it was cut short or damaged; "
+                         "re-run the `sgvla gen` command that wrote the folder (same flags): it rebuilds "
+                         "such shards") from e
+
+
+def shard_rows(path: Path) -> int:
+    """Row count from the shard's footer (see `open_shard` for a damaged file)."""
+    with open_shard(path) as pf:
+        return pf.metadata.num_rows
 
 
 def read_json(path: Path) -> dict | None:

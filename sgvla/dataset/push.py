@@ -17,6 +17,7 @@ from huggingface_hub.utils import filter_repo_objects
 from sgvla.dataset.layout import fmt_bytes, require_dataset
 from sgvla.dataset.validate import validate_dataset
 from sgvla.errors import SgvlaError
+from sgvla.waits import reach_within
 
 #: Hidden files anywhere (temporary shards `.x.tmp-PID`, caches, editor files) are never uploaded.
 IGNORE_PATTERNS = [".*", "*/.*"]
@@ -64,10 +65,12 @@ def _check_online() -> None:
 
 
 def _upload(root: Path, repo_id: str, private: bool, revision: str | None, token: str) -> None:
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    with reach_within(f"the Hugging Face Hub at {constants.ENDPOINT}",
+                      "check the network (or HF_ENDPOINT), then re-run the same command"):
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     if revision:
         api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
     if hasattr(api, "upload_large_folder"):  # huggingface_hub < 2: the resumable uploader

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sgvla.dataset.atomic import write_atomic
-from sgvla.dataset.layout import group_shards, require_dataset
+from sgvla.dataset.layout import group_shards, open_shard, require_dataset
 from sgvla.dataset.schema import FEATURES, FPS, decode_png
 from sgvla.errors import SgvlaError
 
@@ -35,7 +35,8 @@ def load_episode(root: Path, episode: int, config: str | None, split: str) -> di
                          f"{', '.join(sorted(groups[config]))}")
     seen = []
     for shard in groups[config][split]:
-        eps = pq.read_table(shard.path, columns=["episode_index"]).column("episode_index")
+        with open_shard(shard.path) as pf:
+            eps = pf.read(columns=["episode_index"]).column("episode_index")
         if pc.any(pc.equal(eps, episode)).as_py():
             t = pq.read_table(shard.path, filters=[("episode_index", "==", episode)])
             return t.sort_by("frame_index").to_pydict()

@@ -22,9 +22,10 @@ import dataclasses
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
-from sgvla.errors import SgvlaError
+from sgvla.errors import Interrupted, SgvlaError
 from sgvla.raysession import RaySession
 from sgvla.train import modelops
 from sgvla.train.checkpoint import CHECKPOINT_DIR
@@ -123,6 +124,30 @@ def clean_stale_temp(output: Path) -> list[Path]:
     return removed
 
 
+def _fit_off_main_thread(trainer):
+    """`trainer.fit()` on a helper thread, the main thread waiting for it.
+
+    Why: on the main thread Ray Train installs its own SIGINT handler, which ends the process with
+    status 1 and no word. Off it, Ctrl-C stays a KeyboardInterrupt in the main thread; `run_train`
+    then shuts Ray down (workers included) and the CLI says how to resume. Checkpoints are written
+    atomically, so stopping at any moment loses at most the steps since the last one."""
+    box: dict = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # handed to the main thread, which raises it
+            box["error"] = e
+
+    t = threading.Thread(target=fit, name="sgvla-train-fit", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def _drop_torn_ray_snapshot(output: Path) -> None:
     """Set aside Ray Train's checkpoint list if a kill left it half-written (Ray would refuse to start).
 
@@ -158,7 +183,9 @@ def _fit(cfg, info, output: Path, workers: int, gpus: float) -> dict:
         ),
     )
     try:
-        result = trainer.fit()
+        result = _fit_off_main_thread(trainer)
+    except KeyboardInterrupt:
+        raise Interrupted(f"continue with `sgvla train ... --resume --output {output}`") from None
     except Exception as e:  # Ray wraps the worker's exception; its traceback is already printed above
         first = str(e).strip().splitlines()
         raise SgvlaError(f"training failed ({type(e).__name__}: {first[-1] if first else ''}); see the "

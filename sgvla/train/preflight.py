@@ -17,6 +17,7 @@ from sgvla.tasks import SUBTASKS
 from sgvla.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_state
 from sgvla.train.config import TrainConfig
 from sgvla.train.metrics import METRICS_FILE
+from sgvla.waits import reach_within
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -61,9 +62,7 @@ def _is_local(dataset: str) -> bool:
 
 
 def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetInfo:
-    import pyarrow.parquet as pq
-
-    from sgvla.dataset.layout import group_shards, require_dataset
+    from sgvla.dataset.layout import group_shards, open_shard, require_dataset
     from sgvla.dataset.torch_dataset import load_stats_for
     from sgvla.dataset.validate import check_layout
 
@@ -85,7 +84,7 @@ def _inspect_local(root: Path, cfg: TrainConfig, needed: list[str]) -> DatasetIn
     rows = 0
     for config in configs:
         for shard in grouped[config][split]:
-            pf = pq.ParquetFile(shard.path)
+            pf = open_shard(shard.path)
             names = set(pf.schema_arrow.names)
             lacking = [c for c in needed if c not in names]
             if lacking:
@@ -136,6 +135,14 @@ def _check_finite(pf, path: Path) -> None:
 
 
 def _inspect_hub(repo_id: str, cfg: TrainConfig, needed: list[str]) -> DatasetInfo:
+    from huggingface_hub import constants
+
+    with reach_within(f"the Hugging Face Hub at {constants.ENDPOINT} for --dataset {repo_id!r}",
+                      "check the repo id, the network (or HF_ENDPOINT), or pass a local dataset folder"):
+        return _read_hub_info(repo_id, cfg, needed)
+
+
+def _read_hub_info(repo_id: str, cfg: TrainConfig, needed: list[str]) -> DatasetInfo:
     try:
         from datasets import get_dataset_config_names, load_dataset_builder
 
