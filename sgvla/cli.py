@@ -7,6 +7,7 @@ user can fix are raised as `SgvlaError` and printed as one line with a non-zero 
 
 from __future__ import annotations
 
+import errno
 import functools
 import signal
 import sys
@@ -51,6 +52,15 @@ def _user_errors(fn):
             typer.secho(f"error: cannot use{where}: {e.strerror or e}; check the path you gave (its parent "
                         "folder must exist and be writable, a folder must not be a file)", fg=typer.colors.RED,
                         err=True)
+            raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            # Every sgvla writer renames complete files into place: a full disk leaves the last
+            # finished state, which the same command resumes from.
+            where = f" writing {e.filename}" if e.filename else ""
+            typer.secho(f"error: the disk is full{where}: free space, then re-run the same command (what "
+                        "was finished is kept and not redone)", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
             typer.secho(f"interrupted; {str(e) or 're-run the same command to resume'}", err=True)

@@ -12,14 +12,67 @@ read as one sentence naming that flag rather than Ray's ConnectionError tracebac
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+from sgvla.dataset.atomic import write_json_atomic
 from sgvla.errors import SgvlaError
 from sgvla.waits import reach_within
+
+
+def _registry_file(pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / "sgvla-ray" / f"{pid}.json"
+
+
+def _record_local_instance() -> None:
+    """Note the processes of the Ray instance this command just started (all its descendants now:
+    GCS, raylet, agents) under our PID. A command killed with -9 cannot stop them, and Ray's agents
+    then outlive it for minutes; the next sgvla command ends them (`reap_orphaned_instances`)."""
+    import psutil
+
+    me = psutil.Process()
+    procs = [(c.pid, c.create_time()) for c in me.children(recursive=True)]
+    write_json_atomic(_registry_file(me.pid), {"driver": [me.pid, me.create_time()], "processes": procs})
+
+
+def _alive(pid: int, created: float):
+    """The process `pid` if it is still the one created at `created` (PIDs are reused)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return p if abs(p.create_time() - created) < 0.01 else None
+    except psutil.Error:
+        return None
+
+
+def reap_orphaned_instances() -> list[int]:
+    """End the processes of local Ray instances whose sgvla command died without stopping them;
+    returns their PIDs. Only processes recorded by `_record_local_instance` are touched."""
+    import psutil
+
+    ended = []
+    for f in sorted((Path(tempfile.gettempdir()) / "sgvla-ray").glob("*.json")):
+        try:
+            doc = json.loads(f.read_text())
+            if _alive(*doc["driver"]):
+                continue
+            for pid, created in doc["processes"]:
+                p = _alive(pid, created)
+                if p is not None:
+                    p.kill()
+                    ended.append(pid)
+            f.unlink(missing_ok=True)
+        except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+            continue  # another user's note, or one being written: leave it
+    return ended
 
 
 @contextmanager
@@ -57,6 +110,8 @@ class RaySession:
             kwargs = dict(self.init_kwargs)
             if not self.address:
                 kwargs.update(num_cpus=self.num_cpus, include_dashboard=self.include_dashboard)
+            if not self.address:
+                reap_orphaned_instances()
             try:
                 with _keep_sigterm_handler():
                     self._init(ray, kwargs)
@@ -72,6 +127,7 @@ class RaySession:
     def _init(self, ray, kwargs: dict) -> None:
         if not self.address:
             ray.init(address="local", **kwargs)
+            _record_local_instance()
             return
         with reach_within(f"the Ray cluster at --ray-address {self.address}",
                           "check the address (`ray status` on the head node) or drop --ray-address to run "
@@ -85,6 +141,7 @@ class RaySession:
 
             ray.shutdown()
             self.started = False
+            _registry_file(os.getpid()).unlink(missing_ok=True)
 
     def __enter__(self) -> RaySession:
         return self.start()

@@ -114,6 +114,46 @@ def test_a_non_finite_loss_stops_before_the_optimizer_step():
     assert torch.equal(model.w.detach(), before), "a NaN step must not reach the weights"
 
 
+# -- 14: damaged or foreign demo files are refused in the driver ------------------------------------
+@pytest.mark.parametrize("damage, words", [("dim", r"not \(T, 13\)"), ("nan", "holds NaN or inf")])
+def test_bad_demo_actions_are_one_error_before_ray(tmp_path, damage, words):
+    import h5py
+    import numpy as np
+    import ray
+
+    from sgvla.datagen.sources import find_demo_files
+    from tests.test_gen_inputs import write_mshab_file
+
+    h5_path = write_mshab_file(tmp_path / "demos" / "pick" / "obj.h5", n_eps=2, subtask="pick")
+    with h5py.File(h5_path, "r+") as h5:
+        acts = h5["traj_1/actions"][()]
+        del h5["traj_1/actions"]
+        if damage == "dim":
+            h5["traj_1/actions"] = acts[:, :11]
+        else:
+            acts[3, 2] = np.nan
+            h5["traj_1/actions"] = acts
+    with pytest.raises(SgvlaError, match=words):  # what `sgvla gen`'s driver reads before Ray starts
+        find_demo_files(tmp_path / "demos", ("pick",))
+    assert not ray.is_initialized()
+
+
+# -- 14: the PlacementGroupCleaner flood -----------------------------------------------------------
+def test_ray_train_state_api_warnings_are_quieted_in_workers():
+    import logging
+
+    import ray
+
+    from sgvla.train.launch import QUIET_LOGGERS, _start_ray
+
+    session = _start_ray(None, 1, 1.0, 0)
+    try:
+        level = ray.get(ray.remote(lambda: logging.getLogger(QUIET_LOGGERS[0]).getEffectiveLevel()).remote())
+    finally:
+        session.close()
+    assert level >= logging.ERROR
+
+
 # -- 15: a ManiSkill trajectory of another env ----------------------------------------------------
 def test_state_obs_trajectory_of_another_env_is_one_error(tmp_path):
     """A RecordEpisode file of PickCube-v1 with obs_mode="state" (its `obs` is a dataset, not a group)."""
@@ -173,6 +213,8 @@ def test_tampered_action_decoding_in_config_is_refused(tmp_path):
     ("truncate", "not a readable safetensors file"),
     ("pickle", "has no model.safetensors \\(it has pytorch_model.bin"),
     ("shape", "does not match its config.json"),
+    ("nan", "has NaN/inf weights"),
+    ("config", "config.json is not valid JSON"),
 ])
 def test_broken_checkpoint_is_one_error_before_any_rollout(tmp_path, damage, words):
     import json
@@ -187,6 +229,15 @@ def test_broken_checkpoint_is_one_error_before_any_rollout(tmp_path, damage, wor
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "pickle":
         weights.rename(path / "pytorch_model.bin")
+    elif damage == "nan":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(weights)
+        name = next(k for k, v in state.items() if v.is_floating_point())
+        state[name][0] = float("nan")
+        save_file(state, weights, metadata={"format": "pt"})
+    elif damage == "config":
+        (path / "config.json").write_text('{"model_type": "sgvla", "views": [')
     else:
         doc = json.loads((path / "config.json").read_text())
         doc["text_config"]["intermediate_size"] *= 2
@@ -194,6 +245,21 @@ def test_broken_checkpoint_is_one_error_before_any_rollout(tmp_path, damage, wor
     with pytest.raises(SgvlaError, match=words):
         run_eval(str(path), "mini_kitchen", "pick", episodes=1, out=tmp_path / "eval")
     assert not ray.is_initialized(), "refused in the driver, before any worker"
+
+
+# -- 10: damaged run files are one error line -------------------------------------------------------
+def test_damaged_run_json_and_trainer_state_are_one_error(tmp_path):
+    from sgvla.train.checkpoint import read_state
+    from sgvla.train.config import load_config
+    from sgvla.train.preflight import check_output
+
+    ckpt = _checkpoint(tmp_path / "run" / "checkpoints")
+    (ckpt / "trainer_state.json").write_text('{"stage": "sta')
+    with pytest.raises(SgvlaError, match="trainer_state.json is not valid JSON.*delete the checkpoint folder"):
+        read_state(ckpt)
+    (tmp_path / "run" / "run.json").write_bytes(b"\x00\xff garbage")
+    with pytest.raises(SgvlaError, match="run.json is not valid JSON.*re-run with --resume"):
+        check_output(tmp_path / "run", True, load_config(TINY), "data")
 
 
 # -- 10: paths a user can fix are one error line ----------------------------------------------------
@@ -214,9 +280,30 @@ def test_unusable_paths_and_binary_config_are_one_line(tmp_path):
         (["gen", "--task", "mini_kitchen", "--subtask", "pick", "--out", str(afile / "ds"), "--workers", "1"],
          "cannot use"),
     ]
+    cases += [
+        (["info", str(afile)], "is a file, not a dataset folder"),
+        (["train", "--config", str(tmp_path), "--dataset", str(tmp_path), "--output", str(tmp_path / "r")],
+         "is a folder: give a YAML file"),
+    ]
     for args, words in cases:
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_disk_full_is_one_line_saying_what_is_kept(monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from sgvla.cli import app
+    from sgvla.dataset import info
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(info, "print_info", full)
+    res = CliRunner().invoke(app, ["info", "x"])
+    assert res.exit_code == 2 and "error: the disk is full writing x" in res.output, res.output
 
 
 # -- 8: Ctrl-C and SIGTERM -------------------------------------------------------------------------
@@ -379,6 +466,42 @@ def test_stale_temp_folders_are_removed_on_start_and_resume(tmp_path):
         (p / "model.safetensors").write_bytes(b"x")
     assert sorted(clean_stale_temp(run)) == sorted(stale)
     assert all(p.is_dir() for p in keep) and not any(p.exists() for p in stale)
+
+
+# -- 12: Ray processes a kill -9 leaves behind ---------------------------------------------------------
+def test_ray_agents_orphaned_by_kill_9_are_ended_by_the_next_command(tmp_path):
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from sgvla.raysession import reap_orphaned_instances
+
+    code = ("from sgvla.raysession import RaySession; import os, time, psutil; RaySession(num_cpus=1).start(); "
+            "print(' '.join(str(c.pid) for c in psutil.Process().children(recursive=True)), flush=True); "
+            "time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    pids: list[int] = []
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert pids, "Ray started no processes?"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(3)
+        left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert left, "nothing outlived the driver: this case no longer needs reaping"
+        ended = reap_orphaned_instances()
+        assert set(left) <= set(ended), (left, ended)
+        time.sleep(1)
+        assert not [p for p in left if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    finally:
+        proc.kill()
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
 
 
 # -- 14: notices -------------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ def group_shards(shards: list[Shard]) -> dict[str, dict[str, list[Shard]]]:
 def require_dataset(root: Path) -> list[Shard]:
     """The shards of `root`, or a SgvlaError saying why `root` is not a dataset folder."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise SgvlaError(f"{root} is a file, not a dataset folder: pass the --out folder of `sgvla gen`")
     if not root.is_dir():
         raise SgvlaError(f"dataset folder {root} does not exist: pass the --out folder of `sgvla gen`")
     shards = find_shards(root)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgvla.errors import SgvlaError
+from sgvla.errors import SgvlaError, load_json
 
 REFERENCE_POLICIES = ("expert", "random")
 #: `replay:DEMOS` names the blind baseline `ReplayPolicy` over a demo folder.
@@ -159,12 +159,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_policy_config(path: str | Path):
     """The checkpoint's SGVLAConfig (cheap: no weights), to plan rendering and check views first."""
-    import json
 
     from sgvla.model import SGVLAConfig
 
     path = resolve_checkpoint(path)
-    kind = json.loads((path / "config.json").read_text()).get("model_type")
+    kind = load_json(path / "config.json", "restore the model folder from `sgvla train`'s RUN/model or a "
+                     "snapshot").get("model_type")
     if kind != SGVLAConfig.model_type:
         raise SgvlaError(f"--model {path} holds a {kind!r} model, not an SG-VLA checkpoint")
     return SGVLAConfig.from_pretrained(str(path))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sgvla.errors import SgvlaError
+from sgvla.errors import SgvlaError, load_json
 from sgvla.model.configuration_sgvla import SGVLAConfig
 from sgvla.model.processing_sgvla import SGVLAProcessor, ensure_action_tokens
 
@@ -51,8 +51,10 @@ def load_sgvla(cls, path: str | os.PathLike, *args, **kwargs):
 
 def check_checkpoint_files(path: Path, config: SGVLAConfig) -> None:
     """Every weight file of a saved checkpoint is readable safetensors holding the tensors `config`
-    describes, with their shapes. Only headers are read and the model is built on the meta device,
-    so the evaluation driver can refuse a broken checkpoint in a second, before any worker loads it."""
+    describes, with their shapes, and every weight is finite. The model is built on the meta device
+    and the tensors are streamed one at a time, so the evaluation driver refuses a broken checkpoint
+    in seconds, before any worker loads it (a NaN model would otherwise roll out garbage actions and
+    report a plausible-looking 0% success)."""
     from safetensors import safe_open
 
     from sgvla.model.modeling_sgvla import SGVLAForActionPrediction
@@ -60,9 +62,8 @@ def check_checkpoint_files(path: Path, config: SGVLAConfig) -> None:
     path = Path(path)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        import json
-
-        files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+        weight_map = load_json(index, "save or copy the checkpoint again").get("weight_map", {})
+        files = sorted({path / f for f in weight_map.values()})
     else:
         files = [path / "model.safetensors"]
     for f in files:
@@ -88,6 +89,19 @@ def check_checkpoint_files(path: Path, config: SGVLAConfig) -> None:
         detail = f"shapes differ for {wrong[:3]}" if wrong else f"{len(found)} tensors where it needs {need}"
         raise SgvlaError(f"checkpoint {path} does not match its config.json ({detail}): load it with its own "
                          "config.json, or retrain")
+    _check_finite_weights(files)
+
+
+def _check_finite_weights(files: list[Path]) -> None:
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                t = st.get_tensor(k)
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise SgvlaError(f"checkpoint {f.parent} has NaN/inf weights ({k}): the training run that "
+                                     "wrote it diverged; evaluate an earlier snapshot or checkpoint, or retrain")
 
 
 def _component(kind: str, loader, src: str, model_types: tuple[str, ...]):

@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sgvla.errors import SgvlaError
+from sgvla.errors import SgvlaError, load_json
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
@@ -59,9 +59,8 @@ class TrainerState:
     fingerprint: str = ""    # TrainConfig.compat_fingerprint() of the run that wrote it
 
     @classmethod
-    def from_json(cls, text: str) -> TrainerState:
+    def from_dict(cls, data: dict) -> TrainerState:
         """Unknown keys are ignored, so states written by older versions (e.g. with world_size) load."""
-        data = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -151,7 +150,11 @@ def write_checkpoint(root: Path, state: TrainerState, model_state: dict[str, tor
 
 
 def read_state(path: Path) -> TrainerState:
-    return TrainerState.from_json((Path(path) / STATE_FILE).read_text())
+    fix = f"delete the checkpoint folder {path} to resume from the one before it"
+    data = load_json(Path(path) / STATE_FILE, fix)
+    if not isinstance(data, dict):
+        raise SgvlaError(f"{Path(path) / STATE_FILE} holds no trainer state: {fix}")
+    return TrainerState.from_dict(data)
 
 
 def read_checkpoint(path: Path) -> tuple[TrainerState, dict[str, torch.Tensor], dict, list[dict]]:

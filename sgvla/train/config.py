@@ -259,6 +259,8 @@ def _merge(base: dict, over: dict) -> dict:
 def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     """A preset's YAML with its `base:` chain merged in (base first, then this file)."""
     path = Path(path)
+    if path.is_dir():
+        raise SgvlaError(f"--config {path} is a folder: give a YAML file, e.g. one of configs/*.yaml")
     if not path.is_file():
         raise SgvlaError(f"config file {path} does not exist (--config): pick one of configs/*.yaml")
     if path.resolve() in _seen:

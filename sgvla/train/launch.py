@@ -41,8 +41,8 @@ def _start_ray(address: str | None, workers: int, cpus: float, gpus: float) -> R
     import ray
 
     # the driver prints the workers' logs: the progress bars come from there
-    session = RaySession(address, log_to_driver=True, configure_logging=True,
-                         logging_level="WARNING").start()
+    session = RaySession(address, log_to_driver=True, configure_logging=True, logging_level="WARNING",
+                         runtime_env={"worker_process_setup_hook": "sgvla.train.launch.quiet_ray_internals"}).start()
     res = ray.cluster_resources()
     if gpus > 0 and res.get("GPU", 0) < workers * gpus:
         session.close()
@@ -54,6 +54,20 @@ def _start_ray(address: str | None, workers: int, cpus: float, gpus: float) -> R
                          f"CPUs but the Ray cluster has {res.get('CPU', 0):g}: lower --workers or --set "
                          "train.cpus_per_worker=0.5")
     return session
+
+
+#: Ray Train's placement-group watchdog asks the State API (served by the dashboard, which sgvla does
+#: not start) once a second and logs a warning each time it cannot: hundreds of identical lines per
+#: run that bury the progress bars. Its own failures still surface as errors.
+QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_ray_internals() -> None:
+    """Ray worker-process setup hook (runs in every worker and actor of a training job)."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _absolute_model_paths(cfg):

@@ -8,11 +8,10 @@ checkpoint) is found here and raised as one SgvlaError sentence instead.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sgvla.errors import SgvlaError
+from sgvla.errors import SgvlaError, load_json
 from sgvla.tasks import SUBTASKS
 from sgvla.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_state
 from sgvla.train.config import TrainConfig
@@ -206,7 +205,8 @@ def check_output(output: Path, resume: bool, cfg: TrainConfig, dataset: str) -> 
     """Refuse to mix runs in one folder; for --resume, check the run can continue. Returns run.json."""
     output = Path(output)
     run_file = output / RUN_FILE
-    prior = json.loads(run_file.read_text()) if run_file.is_file() else None
+    prior = load_json(run_file, "delete it and re-run with --resume (the checkpoints still record their "
+                                "config), or choose a new --output") if run_file.is_file() else None
     if prior is not None and _never_started(output):
         # run.json is written before Ray starts: a start that failed there (no CPUs, no cluster) took
         # no step and saved nothing, so the folder is free for the corrected command, with or without
