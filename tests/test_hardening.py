@@ -117,11 +117,13 @@ def test_a_non_finite_loss_stops_before_the_optimizer_step():
 # -- 14: damaged or foreign demo files are refused in the driver ------------------------------------
 @pytest.mark.parametrize("damage, words", [("dim", r"not \(T, 13\)"), ("nan", "holds NaN or inf")])
 def test_bad_demo_actions_are_one_error_before_ray(tmp_path, damage, words):
+    import json
+
     import h5py
     import numpy as np
     import ray
 
-    from sgvla.datagen.sources import find_demo_files
+    from sgvla.datagen.pipeline import run_gen
     from tests.test_gen_inputs import write_mshab_file
 
     h5_path = write_mshab_file(tmp_path / "demos" / "pick" / "obj.h5", n_eps=2, subtask="pick")
@@ -133,8 +135,12 @@ def test_bad_demo_actions_are_one_error_before_ray(tmp_path, damage, words):
         else:
             acts[3, 2] = np.nan
             h5["traj_1/actions"] = acts
-    with pytest.raises(SgvlaError, match=words):  # what `sgvla gen`'s driver reads before Ray starts
-        find_demo_files(tmp_path / "demos", ("pick",))
+    doc = json.loads(h5_path.with_suffix(".json").read_text())
+    doc["env_info"]["env_id"] = "MiniKitchenPick-v0"
+    h5_path.with_suffix(".json").write_text(json.dumps(doc))
+    with pytest.raises(SgvlaError, match=words):
+        run_gen(task="mini_kitchen", subtask="pick", episodes=0, out=tmp_path / "ds", demos=tmp_path / "demos",
+                split="train", workers=1, ray_address=None, episodes_per_shard=1, overwrite=False)
     assert not ray.is_initialized()
 
 
@@ -361,6 +367,23 @@ def test_deleted_shard_is_found_before_training(tmp_path):
     with pytest.raises(SgvlaError, match=r"train shards \[1\] of 3 are missing.*sgvla validate"):
         run_train(TINY, str(data), tmp_path / "run")
     assert not ray.is_initialized()
+
+
+def test_info_warns_about_a_missing_shard_or_wrong_schema(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from sgvla.dataset.info import print_info
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", episodes={"train": [4, 4, 4]}, episodes_per_shard=1)
+    shards = sorted(data.glob("*/data/train-*.parquet"))
+    shards[1].unlink()
+    t = pq.read_table(shards[2])
+    pq.write_table(t.drop_columns(["reward"]).replace_schema_metadata(None), shards[2])
+    print_info(data)
+    err = capsys.readouterr().err
+    assert "warning:" in err and "train shards [1] of 3 are missing" in err, err
+    assert "columns differ from the schema (missing ['reward']" in err, err
 
 
 # -- 4: bounded waits --------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from sgvla.datagen.plan import (
     shard_done,
     store_plan,
 )
-from sgvla.datagen.sources import DemoFile, find_demo_files
+from sgvla.datagen.sources import DemoFile, check_demo_actions, find_demo_files
 from sgvla.dataset.atomic import folder_lock, write_json_atomic
 from sgvla.dataset.layout import MANIFEST_PATH, PLAN_PATH, find_shards, read_json
 from sgvla.errors import SgvlaError
@@ -147,11 +147,13 @@ def _find_files(task: str, subtasks: tuple[str, ...], demos: Path | None, episod
             if not f.env_id.startswith("MiniKitchen"):
                 raise SgvlaError(f"{f.path} was recorded in env {f.env_id}, not the {BUILTIN_TASK} scene "
                                  f"(MiniKitchen*-v0): pass demos of that scene or another --task")
+            check_demo_actions(f)
         return files
     mshab.check_ready(task, subtasks)
     files = find_demo_files(demos if demos is not None else mshab.default_demos_dir(task), subtasks)
     for f in (f for fs in files.values() for f in fs):
         mshab.check_file(task, f)
+        check_demo_actions(f)
     return files
 
 

@@ -111,7 +111,6 @@ def _episode(ep: dict, h5: h5py.File, json_path: Path, h5_path: Path) -> DemoEpi
                                             f"elapsed_steps={ep['elapsed_steps']}")
     if length == 0:
         raise _mismatch(json_path, h5_path, f"{traj} has no actions")
-    _check_actions(h5[traj], h5_path, traj)
     obs = h5[traj].get("obs")
     if isinstance(obs, h5py.Group) and "agent" in obs:  # obs_mode="state" stores a dataset here
         n_obs = obs["agent"]["qpos"].shape[0]
@@ -127,18 +126,22 @@ def _episode(ep: dict, h5: h5py.File, json_path: Path, h5_path: Path) -> DemoEpi
     return DemoEpisode(traj, eid, length, reset_kwargs, idxs, None if succ is None else bool(succ))
 
 
-def _check_actions(g: h5py.Group, h5_path: Path, traj: str) -> None:
-    """Fetch's 13-D actions, all finite: checked in the driver, before any worker starts, so a demo
-    file of another robot or a damaged one is one error line rather than a worker crash."""
-    shape = g["actions"].shape
-    if len(shape) != 2 or shape[1] != ACTION_DIM:
-        raise SgvlaError(f"{h5_path} {traj}/actions has shape {shape}, not (T, {ACTION_DIM}): sgvla replays "
-                         f"Fetch's {ACTION_DIM}-D pd_joint_delta_pos actions (MS-HAB's); remove this file from "
-                         "--demos")
-    for name in ("actions", EXPERT_ACTIONS):
-        if name in g and not np.isfinite(g[name][()]).all():
-            raise SgvlaError(f"{h5_path} {traj}/{name} holds NaN or inf: the demo is damaged; re-record it "
-                             "or remove the file from --demos")
+def check_demo_actions(demo: DemoFile) -> None:
+    """Fetch's 13-D actions, all finite, in every episode of `demo`: checked in the driver (after
+    its env id), before any worker starts, so a demo file of another robot or a damaged one is one
+    error line rather than a worker crash."""
+    with h5py.File(demo.path, "r") as h5:
+        for e in demo.episodes:
+            g = h5[e.traj]
+            shape = g["actions"].shape
+            if len(shape) != 2 or shape[1] != ACTION_DIM:
+                raise SgvlaError(f"{demo.path} {e.traj}/actions has shape {shape}, not (T, {ACTION_DIM}): sgvla "
+                                 f"replays Fetch's {ACTION_DIM}-D pd_joint_delta_pos actions (MS-HAB's); remove "
+                                 "this file from --demos")
+            for name in ("actions", EXPERT_ACTIONS):
+                if name in g and not np.isfinite(g[name][()]).all():
+                    raise SgvlaError(f"{demo.path} {e.traj}/{name} holds NaN or inf: the demo is damaged; "
+                                     "re-record it or remove the file from --demos")
 
 
 def _kind(h5: h5py.File, episodes: list[DemoEpisode]) -> str:

@@ -39,11 +39,29 @@ def info_rows(path: Path) -> list[dict]:
     return out
 
 
+def info_warnings(path: Path) -> list[str]:
+    """What makes the table below misleading: missing or stray shards, shards off the schema
+    (cheap: names and footers only; `sgvla validate` checks the rows too)."""
+    from sgvla.dataset.validate import check_layout, check_schema
+
+    shards = require_dataset(Path(path))
+    problems = check_layout(Path(path), shards)
+    for s in shards:
+        with open_shard(s.path) as pf:
+            problems += check_schema(s, pf)
+    return problems
+
+
 def print_info(path: Path) -> None:
-    """Print the table of `info_rows` (rich) and the folder's total size on disk."""
+    """Print the table of `info_rows` (rich) and the folder's total size on disk, after a warning
+    for each layout or schema problem (the counts are then those of the shards present)."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
+    for problem in info_warnings(path):
+        print(f"warning: {problem} (run `sgvla validate {path}`)", file=sys.stderr)
     rows = info_rows(path)
     table = Table(title=f"sgvla dataset {path}")
     numeric = ("episodes", "transitions", "shards", "size")

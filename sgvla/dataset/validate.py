@@ -79,7 +79,7 @@ def validate_dataset(path: Path) -> list[str]:
             continue
         with pf:
             num_rows[shard.path] = pf.metadata.num_rows
-            schema_problems = _check_schema(shard, pf)
+            schema_problems = check_schema(shard, pf)
             problems += schema_problems
             if not schema_problems:
                 tables[shard.path] = pf.read(columns=TABULAR_FIELDS)
@@ -124,7 +124,8 @@ def check_layout(root: Path, shards: list[Shard]) -> list[str]:
     return problems
 
 
-def _check_schema(shard: Shard, pf: pq.ParquetFile) -> list[str]:
+def check_schema(shard: Shard, pf: pq.ParquetFile) -> list[str]:
+    """Columns, types, row groups and the `huggingface` metadata of one shard against the schema."""
     schema = pf.schema_arrow
     want = FEATURES.arrow_schema
     problems = []
