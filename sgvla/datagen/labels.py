@@ -96,39 +96,3 @@ def read_labels(env, obs: dict, info: dict, target) -> FrameLabels:
         obj_pose=_np((base.inv() * obj).raw_pose).astype(np.float32),
         is_grasped=_np(is_grasped(env, info, target)).astype(bool),
     )
-
-
-def episode_text(env, subtask: str, target_name: str | None, env_i: int = 0) -> tuple[str, str]:
-    """(instruction, target name): the env's own when it has them (our scene), else from the name.
-
-    MS-HAB has no language; its files are named after the target (`024_bowl`, `fridge`,
-    `kitchen_counter`), which gives instructions like "pick up the bowl" / "open the drawer".
-    """
-    u = env.unwrapped
-
-    def pick(value):
-        if isinstance(value, (list, tuple)):
-            return value[env_i]
-        return value
-
-    instruction = pick(getattr(u, "instruction", None))
-    name = pick(getattr(u, "target_name", None)) or target_name or subtask
-    if instruction:
-        return str(instruction), str(name)
-    return template_instruction(subtask, str(name)), str(name)
-
-
-def _noun(name: str) -> str:
-    """`024_bowl` -> "bowl", `kitchen_counter` -> "drawer" (the counter's articulated part)."""
-    if name == "kitchen_counter":
-        return "drawer"
-    parts = name.split("_")
-    if parts and parts[0].isdigit():
-        parts = parts[1:]
-    return " ".join(parts) or name
-
-
-def template_instruction(subtask: str, name: str) -> str:
-    noun = _noun(name)
-    return {"pick": f"pick up the {noun}", "place": f"place the {noun}", "open": f"open the {noun}",
-            "close": f"close the {noun}"}[subtask]

@@ -40,9 +40,23 @@ def default_demos_dir(task: str) -> Path:
     return asset_root() / "scene_datasets" / "replica_cad_dataset" / "rearrange-dataset" / task
 
 
+#: ManiSkill 3.0.1's downloader takes one asset uid per call. ReplicaCAD comes before
+#: ReplicaCADRearrange (which lands inside its folder), and both before the demos: downloading
+#: ReplicaCAD again asks "Remove?" about `replica_cad_dataset/`, and "y" deletes everything under
+#: it, the demo folder `rearrange-dataset/` (up to ~490 GB) included.
+DOWNLOAD_UIDS = ("ycb", "ReplicaCAD", "ReplicaCADRearrange")
+REMOVE_WARNING = ("if ReplicaCAD is ever downloaded again, answer 'n' to its \"Remove?\" prompt: 'y' deletes "
+                  "replica_cad_dataset/ with the demos in rearrange-dataset/")
+
+
+def download_commands() -> list[str]:
+    """The asset downloads, one command per asset, in the safe order."""
+    return [f"MS_ASSET_DIR={asset_root().parent} python -m mani_skill.utils.download_asset {uid}"
+            for uid in DOWNLOAD_UIDS]
+
+
 def _download_hint() -> str:
-    return (f"MS_ASSET_DIR={asset_root().parent} python -m mani_skill.utils.download_asset "
-            "ReplicaCAD ReplicaCADRearrange ycb")
+    return " && ".join(download_commands()) + f" ({REMOVE_WARNING})"
 
 
 def required_paths(task: str, subtasks: tuple[str, ...], split: str = PLAN_SPLIT) -> list[Path]:
@@ -52,8 +66,8 @@ def required_paths(task: str, subtasks: tuple[str, ...], split: str = PLAN_SPLIT
     for s in subtasks:
         paths.append(task_plans_dir(task, s, split))
         paths.append(spawn_data_file(task, s, split))
-    if any(s in ("pick", "place") for s in subtasks):
-        paths.append(asset_root() / "assets" / "mani_skill2_ycb")
+    # MS-HAB's rearrange scene builder places the YCB objects in every subtask, open and close too
+    paths.append(asset_root() / "assets" / "mani_skill2_ycb")
     return paths
 
 

@@ -32,10 +32,11 @@ import torch
 
 from sgvla.datagen import mshab as mshab_path
 from sgvla.datagen.drift import DriftCheck, DriftTolerance
-from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, _np, episode_text, read_labels, resolve_target
+from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, _np, read_labels, resolve_target
 from sgvla.datagen.plan import PlannedEpisode
 from sgvla.datagen.sources import DemoEpisode, DemoFile, EpisodeArrays, read_episode
 from sgvla.dataset.schema import FPS, encode_depth, encode_mask, encode_rgb
+from sgvla.instructions import episode_text
 from sgvla.tasks import SUBTASKS
 
 #: Simulators a worker keeps alive at once (e.g. one per subtask env of a mixed run).

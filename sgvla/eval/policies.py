@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from sgvla.errors import SgvlaError, load_json
+from sgvla.instructions import episode_text
 
 REFERENCE_POLICIES = ("expert", "random")
 #: `replay:DEMOS` names the blind baseline `ReplayPolicy` over a demo folder.
@@ -120,7 +121,7 @@ class ModelPolicy:
         import torch
 
         self.subtask = subtask
-        self.instruction = env.unwrapped.instruction
+        self.instruction, _ = episode_text(env, subtask)  # the prompt it was trained with
         self.history: deque = deque(maxlen=self.config.history + 1)
         self.queue: deque = deque()
         self.generator = torch.Generator().manual_seed(seed)

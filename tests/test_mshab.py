@@ -1,0 +1,63 @@
+"""The MS-HAB path against MS-HAB's documented interface (no assets here): download commands,
+the required assets, and the evaluation prompt equal to the training prompt."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from sgvla.datagen import mshab
+from sgvla.errors import SgvlaError
+from sgvla.instructions import episode_text, template_instruction
+
+
+def test_download_commands_are_one_asset_per_call_in_the_safe_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("MS_ASSET_DIR", str(tmp_path / "ms"))
+    cmds = mshab.download_commands()
+    assert [c.split()[-1] for c in cmds] == ["ycb", "ReplicaCAD", "ReplicaCADRearrange"]
+    assert all(re.fullmatch(r"MS_ASSET_DIR=\S+ python -m mani_skill\.utils\.download_asset \w+", c) for c in cmds)
+    with pytest.raises(SgvlaError) as e:  # what a user with no assets is told
+        mshab.check_ready("set_table", ("open",))
+    assert " && ".join(cmds) in str(e.value) and "Remove?" in str(e.value)
+
+
+def test_ycb_is_required_for_open_and_close_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("MS_ASSET_DIR", str(tmp_path / "ms"))
+    for subtasks in (("open",), ("close",), ("pick",)):
+        assert any(p.name == "mani_skill2_ycb" for p in mshab.required_paths("set_table", subtasks))
+
+
+def _mshab_env(subtask: str, original) -> SimpleNamespace:
+    """An env shaped like MS-HAB's SubtaskTrain envs after reset: a merged task plan whose object is
+    renamed `obj_0`, the original plans in `base_task_plans`, no `instruction` attribute."""
+    merged = SimpleNamespace(type=subtask, obj_id="obj_0", composite_subtask_uids=[original.uid])
+    plans = {("nav-1", original.uid): SimpleNamespace(subtasks=[SimpleNamespace(uid="nav-1", type="navigate"),
+                                                                original])}
+    return SimpleNamespace(unwrapped=SimpleNamespace(task_plan=[merged], base_task_plans=plans))
+
+
+@pytest.mark.parametrize("subtask, original, file_stem, text", [
+    ("pick", SimpleNamespace(uid="u7", type="pick", obj_id="024_bowl-2"), "024_bowl", "pick up the bowl"),
+    ("place", SimpleNamespace(uid="u8", type="place", obj_id="013_apple-0"), "013_apple", "place the apple"),
+    ("open", SimpleNamespace(uid="u9", type="open", obj_id="kitchen_counter-0", articulation_type="kitchen_counter"),
+     "kitchen_counter", "open the drawer"),
+    ("close", SimpleNamespace(uid="u3", type="close", articulation_type="fridge"), "fridge", "close the fridge"),
+])
+def test_evaluation_prompt_is_the_training_prompt(subtask, original, file_stem, text):
+    env = _mshab_env(subtask, original)
+    trained = template_instruction(subtask, file_stem)  # what `sgvla gen` wrote for <file_stem>.h5
+    assert episode_text(env, subtask) == (trained, file_stem)
+    assert trained == text
+
+
+def test_model_policy_resets_on_an_env_without_instruction(tmp_path):
+    """MS-HAB envs have no `instruction` attribute: reading it crashed the first episode."""
+    from sgvla.eval.policies import ModelPolicy
+    from tests.test_hardening import _saved_tiny_model
+
+    policy = ModelPolicy(_saved_tiny_model(tmp_path), mode="tokens")
+    env = _mshab_env("pick", SimpleNamespace(uid="u1", type="pick", obj_id="024_bowl-0"))
+    policy.reset(env, "pick", 0)
+    assert policy.instruction == "pick up the bowl"
