@@ -220,6 +220,22 @@ def eval_(
              split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps)
 
 
+@command("study")
+def study(
+    study_file: Path = typer.Argument(..., help="Study YAML (see configs/studies/)."),
+    out: Path = typer.Option(..., help="Study folder: runs, evaluations, study.json, results.md, study.png."),
+    dataset: str | None = typer.Option(None, help="Dataset folder or Hub id (overrides the study file's)."),
+    parallel: int = typer.Option(1, help="Run groups (one training + its evaluations) at once."),
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster."),
+    retry_failed: bool = typer.Option(False, help="Run cells that failed before again."),
+) -> None:
+    """Train and evaluate a grid of configs x seeds; resumable; writes the paper-style table."""
+    from sgvla.study.run import run_study
+
+    run_study(study_file, out, dataset=dataset, parallel=parallel, ray_address=ray_address,
+              retry_failed=retry_failed)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,98 @@
+"""`sgvla study`: a grid trained and evaluated for real (tiny steps), resumable, failures recorded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sgvla.cli import app
+from sgvla.errors import SgvlaError
+from sgvla.study.report import seed_interval
+from sgvla.study.spec import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+SHORT = ["stage1.max_steps=2", "stage2.max_steps=2", "stage3.max_steps=2"]
+
+
+def _study(tmp_path: Path, rows: list[dict], seeds=(0,)) -> Path:
+    import yaml
+
+    path = tmp_path / "study.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"name": "smoke", "dataset": "data", "seeds": list(seeds),
+                                    "eval": {"episodes": 1, "subtask": "pick", "mode": "tokens", "workers": 1,
+                                             "max_steps": 3},
+                                    "rows": rows}))
+    return path
+
+
+def test_seed_interval_is_a_student_t_interval():
+    assert seed_interval([0.5]) is None
+    lo, hi = seed_interval([0.2, 0.4, 0.6])  # mean 0.4, sd 0.2, t(2) = 4.303
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(0.4 + 4.303 * 0.2 / 3 ** 0.5)
+
+
+def test_bad_study_files_are_one_line(tmp_path):
+    runner = CliRunner()
+    cases = [
+        (tmp_path / "missing.yaml", "does not exist"),
+        (_study(tmp_path, [{"name": "a", "config": "nowhere.yaml"}]), "config nowhere.yaml does not exist"),
+    ]
+    for path, words in cases:
+        res = runner.invoke(app, ["study", str(path), "--out", str(tmp_path / "out")])
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
+    with pytest.raises(SgvlaError, match="row 'a'.*stage9"):
+        load_study(_study(tmp_path, [{"name": "a", "config": str(TINY), "set": ["stage9.epochs=1"]}]))
+
+
+def test_rows_with_one_training_share_the_run(tmp_path):
+    study = load_study(_study(tmp_path, [{"name": "tokens", "config": str(TINY)},
+                                         {"name": "flow", "config": str(TINY), "mode": "flow"},
+                                         {"name": "other", "config": str(TINY), "set": ["optim.lr=0.1"]}]),
+                       dataset=str(tmp_path))
+    keys = [r.train_key for r in study.rows]
+    assert keys[0] == keys[1] != keys[2]
+
+
+@pytest.mark.slow
+def test_study_runs_resumes_and_records_a_failed_cell(tmp_path):
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", episodes={"train": [20, 20]})
+    path = _study(tmp_path, [{"name": "tokens", "config": str(TINY), "set": SHORT},
+                             {"name": "flow", "config": str(TINY), "set": SHORT, "mode": "flow"},
+                             {"name": "broken", "config": str(TINY), "set": [*SHORT, "train.micro_batch_size=3"]}])
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(app, ["study", str(path), "--out", str(out), "--parallel", "2"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "study.json").read_text())
+    status = {c["row"]: c["status"] for c in report["cells"]}
+    assert status == {"tokens": "done", "flow": "done", "broken": "failed"}
+    broken = next(c for c in report["cells"] if c["row"] == "broken")
+    assert "micro_batch_size" in broken["reason"]
+    assert len([p for p in (out / "runs").iterdir() if p.is_dir()]) == 1, "tokens and flow share one training"
+    done = [c for c in report["cells"] if c["status"] == "done"]
+    assert all(len(c["episodes"]) == 1 and c["episodes"][0]["seed"] >= 1_000_000 for c in done)  # val episodes
+    assert {c["mode"] for c in done} == {"tokens", "flow"}
+    assert (out / "study.png").stat().st_size > 0 and "| tokens |" in (out / "results.md").read_text()
+
+    # Re-run: nothing finished is recomputed; a cell whose process was killed (no record) is redone.
+    results = {c: (out / "evals" / c / "seed-0" / "results.json") for c in ("tokens", "flow")}
+    before = {c: p.stat().st_mtime_ns for c, p in results.items()}
+    shutil.rmtree(out / "evals" / "flow")
+    res = runner.invoke(app, ["study", str(path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert results["tokens"].stat().st_mtime_ns == before["tokens"]
+    assert results["flow"].is_file()
+    status = {c["row"]: c["status"] for c in json.loads((out / "study.json").read_text())["cells"]}
+    assert status == {"tokens": "done", "flow": "done", "broken": "failed"}  # failed: kept, not retried
+    other = _study(tmp_path / "o", [{"name": "tokens", "config": str(TINY), "set": [*SHORT, "optim.lr=0.5"]}])
+    (tmp_path / "o" / "data").symlink_to(tmp_path / "data")
+    res = runner.invoke(app, ["study", str(other), "--out", str(out)])
+    assert res.exit_code == 2 and "use a new --out" in res.output, res.output
