@@ -79,7 +79,7 @@ def command(*args, **kwargs):
 @command("demos")
 def demos(
     task: str = typer.Option("mini_kitchen", help="Task: only the built-in 'mini_kitchen' has a scripted expert."),
-    subtask: str = typer.Option("all", help="pick, place, open, close or all."),
+    subtask: str = typer.Option("all", help="pick, place, open, close, a comma list (pick,place) or all."),
     episodes: int = typer.Option(20, help="Episodes to attempt per subtask (one seed each)."),
     out: Path = typer.Option(Path("outputs/demos"), help="Output folder for <subtask>.h5/.json."),
     seed: int = typer.Option(0, help="First episode of the split; attempt i is episode seed + i."),
@@ -98,7 +98,7 @@ def demos(
 @command("gen")
 def gen(
     task: str = typer.Option(..., help="mini_kitchen, tidy_house, prepare_groceries or set_table."),
-    subtask: str = typer.Option("all", help="pick, place, open, close or all."),
+    subtask: str = typer.Option("all", help="pick, place, open, close, a comma list (pick,place) or all."),
     episodes: int = typer.Option(0, help="Episodes to record per subtask (0 = every episode in --demos)."),
     out: Path = typer.Option(..., help="Dataset folder to write (resumed if it exists)."),
     demos: Path | None = typer.Option(None, help="Demo .h5 file or folder (mini_kitchen default: made on the spot)."),
@@ -201,7 +201,7 @@ def eval_(
     model: str = typer.Option(..., help="Run folder, checkpoint folder, 'expert', 'random' or "
                                "'replay:DEMOS' (blind replay of the first demo in folder DEMOS)."),
     task: str = typer.Option("mini_kitchen"),
-    subtask: str = typer.Option("all"),
+    subtask: str = typer.Option("all", help="pick, place, open, close, a comma list or all."),
     episodes: int = typer.Option(30, help="Episodes per subtask."),
     out: Path = typer.Option(..., help="Folder for results.json, results.md and videos."),
     mode: str = typer.Option("auto", help="tokens, flow or auto (per subtask)."),

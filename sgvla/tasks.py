@@ -40,7 +40,8 @@ _SPLIT_BASE = {"train": 0, "val": SPLIT_SIZE, "dev": 2 * SPLIT_SIZE}
 
 
 def subtasks_for(task: str, subtask: str) -> tuple[str, ...]:
-    """Expand `subtask` ("all" or one name) for `task`, raising a clear error for bad names."""
+    """Expand `subtask` ("all", one name or a comma list such as "pick,place") for `task`, in the
+    task's order, raising a clear error for bad names."""
     from sgvla.errors import SgvlaError
 
     if task not in TASK_SUBTASKS:
@@ -48,10 +49,12 @@ def subtasks_for(task: str, subtask: str) -> tuple[str, ...]:
     have = TASK_SUBTASKS[task]
     if subtask == "all":
         return have
-    if subtask not in have:
-        raise SgvlaError(f"task {task!r} has no subtask {subtask!r} (--subtask): choose one of "
-                         f"{', '.join(have)} or 'all'")
-    return (subtask,)
+    asked = {s.strip() for s in subtask.split(",") if s.strip()}
+    bad = sorted(asked - set(have))
+    if bad or not asked:
+        raise SgvlaError(f"task {task!r} has no subtask {', '.join(bad) or repr(subtask)} (--subtask): choose "
+                         f"from {', '.join(have)}, a comma list of them, or 'all'")
+    return tuple(s for s in have if s in asked)
 
 
 def split_seeds(split: str, start: int, count: int) -> list[int]:

@@ -295,8 +295,13 @@ def _gen(tmp_path, **kw):
 def test_unknown_task_subtask_split(tmp_path):
     with pytest.raises(SgvlaError, match="unknown task 'kitchen'"):
         _gen(tmp_path, task="kitchen")
-    with pytest.raises(SgvlaError, match="has no subtask 'open'"):
+    with pytest.raises(SgvlaError, match="has no subtask open"):
         _gen(tmp_path, task="tidy_house", subtask="open")
+    with pytest.raises(SgvlaError, match="has no subtask close"):
+        _gen(tmp_path, task="tidy_house", subtask="pick,close")
+    from sgvla.tasks import subtasks_for
+
+    assert subtasks_for("mini_kitchen", "place, pick") == ("pick", "place")  # the task's order
     with pytest.raises(SgvlaError, match="unknown split 'test'"):
         _gen(tmp_path, split="test")
     assert not (tmp_path / "ds").exists()

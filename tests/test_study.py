@@ -96,3 +96,14 @@ def test_study_runs_resumes_and_records_a_failed_cell(tmp_path):
     (tmp_path / "o" / "data").symlink_to(tmp_path / "data")
     res = runner.invoke(app, ["study", str(other), "--out", str(out)])
     assert res.exit_code == 2 and "use a new --out" in res.output, res.output
+
+
+def test_shipped_study_files_load():
+    """Every study under configs/studies/ parses and its rows' configs validate."""
+    files = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
+    assert {f.stem for f in files} >= {f"table{t}_{s}" for t in (3, 4, 5) for s in ("small", "paper")}
+    for f in files:
+        study = load_study(f, dataset="someone/data" if "paper" in f.stem else None)
+        assert len(study.seeds) >= 3 and study.rows
+        if "small" in f.stem:
+            assert study.dataset == str(ROOT / "outputs" / "cpu_recipe" / "dataset")

@@ -90,9 +90,10 @@ def _train_key(config: Path, overrides: tuple[str, ...]) -> str:
 
 
 def _local(base: Path, value: str) -> str:
-    """A path relative to the study file when it exists there; anything else as given (Hub id)."""
-    p = (base / value).resolve()
-    return str(p) if p.exists() else value
+    """Paths are relative to the study file (a value starting with `.`, `/` or `~`, or one that
+    exists there); anything else is kept as given (a Hub id such as USER/NAME)."""
+    p = (base / Path(value).expanduser()).resolve()
+    return str(p) if value.startswith((".", "/", "~")) or p.exists() else value
 
 
 def load_study(path: Path, dataset: str | None = None) -> Study:
