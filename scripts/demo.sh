@@ -56,6 +56,8 @@ Done in $((SECONDS - t0)) s. What to open:
 
 About the demo model: it is the tiny preset trained for 60 steps on $EPISODES demos per subtask, a
 check that every stage of the pipeline runs, not a policy; expect it to fail on the val episodes.
-The recipe that learns on this scene is configs/cpu_recipe.yaml (run it with scripts/cpu_recipe.sh);
-what it measured, with seeds and intervals, is in docs/results.md.
+The CPU-scale recipe is configs/cpu_recipe.yaml (scripts/cpu_recipe.sh). It has not yet produced a
+policy that succeeds on val episodes; docs/results.md states what it and the diagnostics measured,
+with seeds and intervals (the first learned successes come from a one-subtask model there).
+Comparisons like the paper's tables run with `sgvla study configs/studies/table3_small.yaml`.
 TXT

@@ -33,3 +33,23 @@ def test_effect_rate_counts_partial_progress_and_skips_envs_without_it():
     res = {"model": "m", "task": "mini_kitchen", "mode": "tokens", "split": "val", "seeds": [0],
            "aggregate": aggregate(eps)}
     assert "effect reached at some step (rest or not): pick 0.50." in markdown_table(res)
+
+
+def test_mshab_results_use_the_papers_six_columns():
+    """Open and close split by articulation (fridge / drawer), Avg. over the six, as Tables 2-5."""
+    def ep(sub, target, ok):
+        return {"subtask": sub, "seed": 0, "success": ok, "steps": 200, "target": target}
+
+    eps = [ep("pick", "024_bowl", True), ep("pick", "013_apple", False), ep("place", "024_bowl", True),
+           ep("open", "fridge", True), ep("open", "kitchen_counter", False), ep("open", "kitchen_counter", False),
+           ep("close", "fridge", False), ep("close", "kitchen_counter", True)]
+    agg = aggregate(eps)
+    cols = agg["paper_layout"]["columns"]
+    assert [cols[c]["success_rate"] for c in ("Pick", "Place", "Open Fridge", "Open Drawer", "Close Fridge",
+                                               "Close Drawer")] == [0.5, 1.0, 1.0, 0.0, 0.0, 1.0]
+    assert agg["paper_layout"]["average_success_rate"] == pytest.approx(3.5 / 6)
+    res = {"model": "m", "task": "set_table", "mode": "tokens", "split": "val", "seeds": [0], "aggregate": agg}
+    table = markdown_table(res)
+    assert "| Pick | Place | Open Fridge | Open Drawer | Close Fridge | Close Drawer | Avg. |" in table
+    assert "| 0.50 | 1.00 | 1.00 | 0.00 | 0.00 | 1.00 | 0.58 |" in table
+    assert "paper_layout" not in aggregate([ep("open", "drawer", True)])  # the built-in scene: four columns

@@ -10,6 +10,11 @@ from sgvla.dataset.atomic import write_text_atomic
 from sgvla.tasks import SUBTASKS
 
 _COLUMNS = {"pick": "Pick", "place": "Place", "open": "Open", "close": "Close"}
+#: The paper's tables (MS-HAB SetTable): open and close are reported per articulation, and Avg.
+#: is the mean of these six columns.
+PAPER_COLUMNS = {("pick", None): "Pick", ("place", None): "Place", ("open", "fridge"): "Open Fridge",
+                 ("open", "kitchen_counter"): "Open Drawer", ("close", "fridge"): "Close Fridge",
+                 ("close", "kitchen_counter"): "Close Drawer"}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -42,16 +47,38 @@ def aggregate(episodes: list[dict]) -> dict:
             if effects:  # partial progress: the effect reached at some step, back at rest or not
                 per[sub]["effect_rate"] = sum(effects) / len(effects)
     rates = [v["success_rate"] for v in per.values()]
-    return {"per_subtask": per, "average_success_rate": sum(rates) / len(rates) if rates else 0.0}
+    out = {"per_subtask": per, "average_success_rate": sum(rates) / len(rates) if rates else 0.0}
+    if any(e.get("target") in ("fridge", "kitchen_counter") for e in episodes):
+        out["paper_layout"] = paper_layout(episodes)
+    return out
+
+
+def paper_layout(episodes: list[dict]) -> dict:
+    """MS-HAB results in the paper's six columns (open/close split by fridge and drawer)."""
+    cols = {}
+    for (sub, target), name in PAPER_COLUMNS.items():
+        eps = [e for e in episodes if e["subtask"] == sub and (target is None or e.get("target") == target)]
+        if eps:
+            wins = sum(bool(e["success"]) for e in eps)
+            cols[name] = {"episodes": len(eps), "successes": wins, "success_rate": wins / len(eps),
+                          "wilson95": wilson_interval(wins, len(eps))}
+    rates = [c["success_rate"] for c in cols.values()]
+    return {"columns": cols, "average_success_rate": sum(rates) / len(rates) if rates else 0.0}
 
 
 def markdown_table(results: dict) -> str:
     """A table laid out like the paper's: Pick / Place / Open / Close columns and the average."""
     per = results["aggregate"]["per_subtask"]
-    head = "| Model | Task | " + " | ".join(_COLUMNS.values()) + " | Avg. |"
-    sep = "|---|---|" + "---|" * (len(_COLUMNS) + 1)
-    cells = [f"{per[s]['success_rate']:.2f}" if s in per else "-" for s in _COLUMNS]
-    avg = f"{results['aggregate']['average_success_rate']:.2f}"
+    paper = results["aggregate"].get("paper_layout")
+    names = list(PAPER_COLUMNS.values()) if paper else list(_COLUMNS.values())
+    head = "| Model | Task | " + " | ".join(names) + " | Avg. |"
+    sep = "|---|---|" + "---|" * (len(names) + 1)
+    if paper:
+        cells = [f"{paper['columns'][c]['success_rate']:.2f}" if c in paper["columns"] else "-" for c in names]
+        avg = f"{paper['average_success_rate']:.2f}"
+    else:
+        cells = [f"{per[s]['success_rate']:.2f}" if s in per else "-" for s in _COLUMNS]
+        avg = f"{results['aggregate']['average_success_rate']:.2f}"
     row = f"| {results['model']} | {results['task']} | " + " | ".join(cells) + f" | {avg} |"
     n = ", ".join(f"{s}: {per[s]['episodes']}" for s in per)
     seeds = results.get("seeds") or [0]

@@ -19,6 +19,9 @@ class EpisodeResult:
     #: Whether the subtask's effect (grasped / on the goal / drawer open / shut) held at any step,
     #: rest or not; None for envs that do not report an `effect` (MS-HAB's).
     effect_once: bool | None = None
+    #: The episode's target as its task names it ("red cube", "drawer"; MS-HAB: "024_bowl",
+    #: "fridge", "kitchen_counter"): MS-HAB's tables report open/close per articulation.
+    target: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,8 +43,11 @@ def run_episode(env, policy, subtask: str, seed: int, max_steps: int, video_path
     Success is success_once (the first step whose info says success ends the episode), as MS-HAB's
     evaluation counts it; otherwise the failure reason is the env's `fail` flag or the horizon.
     """
+    from sgvla.instructions import episode_text
+
     obs, info = env.reset(seed=seed)
     policy.reset(env, subtask=subtask, seed=seed)
+    target = episode_text(env, subtask)[1]
     frames = [camera_frame(obs)] if video_path else None
     failure: str | None = "horizon"
     steps = 0
@@ -69,4 +75,4 @@ def run_episode(env, policy, subtask: str, seed: int, max_steps: int, video_path
         video_path.parent.mkdir(parents=True, exist_ok=True)
         imageio.mimwrite(video_path, frames, fps=20, macro_block_size=1)
         video = str(video_path)
-    return EpisodeResult(subtask, seed, failure is None, steps, failure, video, effect_once)
+    return EpisodeResult(subtask, seed, failure is None, steps, failure, video, effect_once, target)
