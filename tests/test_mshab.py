@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 from sgvla.datagen import mshab
@@ -61,3 +63,39 @@ def test_model_policy_resets_on_an_env_without_instruction(tmp_path):
     env = _mshab_env("pick", SimpleNamespace(uid="u1", type="pick", obj_id="024_bowl-0"))
     policy.reset(env, "pick", 0)
     assert policy.instruction == "pick up the bowl"
+
+
+class _FakeMshabEnv(gym.Env):
+    """The reset/step surface of MS-HAB's SubtaskTrain env that evaluation relies on."""
+
+    def __init__(self):
+        self.build_config_idx_to_task_plans = {9: ["a", "b", "c"], 3: ["d", "e"], 7: ["f"]}
+        self.build_config_idxs = [3]
+        self.resets, self.actions = [], []
+        self.action_space = gym.spaces.Box(-1, 1, (13,), np.float32)
+        self.observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        self.resets.append((seed, options))
+        self.build_config_idxs = options["build_config_idxs"]
+        return 0, {}
+
+    def step(self, action):
+        self.actions.append(action)
+        return 0, 0.0, False, False, {}
+
+
+def test_val_episodes_cover_the_scenes_evenly_and_hold_the_head_still():
+    from sgvla.eval.mshab_env import _val_episodes
+
+    fake = _FakeMshabEnv()
+    env = _val_episodes(fake)
+    for seed in range(7):
+        env.reset(seed=seed)
+    picked = [(o["build_config_idxs"][0], int(o["task_plan_idxs"][0])) for _, o in fake.resets]
+    assert picked == [(3, 0), (7, 0), (9, 0), (3, 1), (7, 0), (9, 1), (3, 0)]
+    assert [o["reconfigure"] for _, o in fake.resets] == [False, True, True, True, True, True, True]
+    env.reset(seed=1)
+    assert fake.resets[-1][1]["task_plan_idxs"].tolist() == [0] and fake.resets[-1][1]["build_config_idxs"] == [7]
+    env.step(np.ones(13, np.float32))
+    assert fake.actions[-1][8:10].tolist() == [0, 0] and fake.actions[-1][[0, 7, 10, 11, 12]].tolist() == [1] * 5
