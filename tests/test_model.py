@@ -153,6 +153,16 @@ def test_action_tokens_round_trip_within_half_a_bin():
         tok.decode(torch.tensor([12]))
 
 
+def test_hold_still_decodes_to_exactly_zero_by_default():
+    """With an even bin count 0 decodes to -w/2, a drift delta-joint control integrates every step."""
+    from sgvla.model import SGVLAConfig
+
+    tok = ActionTokenizer(begin=0, n_bins=SGVLAConfig.n_action_bins)
+    assert tok.decode(tok.encode(torch.zeros(13))).abs().max().item() == 0.0
+    even = ActionTokenizer(begin=0, n_bins=256)
+    assert even.decode(even.encode(torch.zeros(1))).item() == pytest.approx(even.width / 2)
+
+
 def test_collate_puts_loss_only_on_action_and_end_tokens():
     model = tiny(views=["head_rgb"])
     proc = model.processor

@@ -195,3 +195,18 @@ def test_bad_input_is_one_clear_error_before_ray(dataset, tmp_path, overrides, w
     with pytest.raises(SgvlaError, match=words):
         run_train(TINY, str(dataset), tmp_path / "run", workers=1, overrides=overrides)
     _ray_untouched()
+
+
+def test_each_rank_draws_its_own_noise_after_an_identical_init():
+    """Flow noise (torch.randn_like) must differ between ranks, the initial weights must not."""
+    from sgvla.train.loop import seed_rank
+
+    draws, inits = [], []
+    for rank in (0, 1):
+        torch.manual_seed(7)  # what every rank does before building the model
+        inits.append(torch.randn(5))
+        seed_rank(7, rank)
+        draws.append(torch.randn(5))
+    assert torch.equal(inits[0], inits[1]) and not torch.equal(draws[0], draws[1])
+    seed_rank(7, 1)
+    assert torch.equal(torch.randn(5), draws[1])  # reproducible per rank

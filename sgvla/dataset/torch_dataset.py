@@ -17,10 +17,10 @@ One sample is the observation at step t of an episode plus its targets:
   "obj_pose": float32[7], "qpos": float32[12], "head_mask"/"hand_mask": float32[128, 128] 0/1}.
 * ``aux_valid``: the same keys -> bool. Rules (`aux_validity`): a target is invalid when any of
   its values is NaN/inf (then it is zeroed); ``obj_pose`` is also invalid when it is all zeros
-  (the generator's "no pose") and for the subtasks outside `OBJ_POSE_SUBTASKS` (``close``; the
-  paper trains its pose decoder on pick/place data only -- select rows by subtask for that);
-  masks are invalid only when ``masks=False`` (not decoded): an empty mask is a correct label
-  (target out of view). global_pos, grasp and qpos are valid whenever finite.
+  (the generator's "no pose"); every target is invalid on the subtasks the paper does not train it
+  on (`sgvla.tasks.AUX_LABEL_SUBTASKS`: pose and masks on pick and place only); masks are also
+  invalid when ``masks=False`` (not decoded), while an empty mask is a correct label (target out
+  of view). global_pos, grasp and qpos are valid whenever finite.
 
 With ``pixel_format="unit16"`` the sample carries ``pixel_values = {"unit": float16 [V, 3, H, W]}``
 (unit images at the stored 128 px) instead, and the consumer applies `unit_to_towers` on its
@@ -66,11 +66,11 @@ from sgvla.model.transforms import (
     to_unit_image,
     unit_to_towers,
 )
+from sgvla.tasks import AUX_LABEL_SUBTASKS
 
 VIEW_ORDER = RGB_FIELDS + DEPTH_FIELDS
 DEFAULT_VIEWS = VIEW_ORDER
 VIEW_KIND = {**dict.fromkeys(RGB_FIELDS, "rgb"), **dict.fromkeys(DEPTH_FIELDS, "depth")}
-OBJ_POSE_SUBTASKS = ("pick", "place", "open")
 MASK_SIZE = IMAGE_SIZE
 #: "towers": the contract above. "unit16": pixel_values = {"unit": float16 [V, 3, H, W]} in [0, 1]
 #: at the dataset's resolution (depth already through Eq. 1); the consumer calls
@@ -226,9 +226,11 @@ def views_to_pixels_reference(frames: list[dict[str, np.ndarray]], views: Sequen
 def aux_validity(subtask: str, values: dict[str, np.ndarray], masks: bool) -> dict[str, bool]:
     """Per-target validity (rules in the module doc)."""
     valid = {k: bool(np.all(np.isfinite(v))) for k, v in values.items()}
-    valid["obj_pose"] &= subtask in OBJ_POSE_SUBTASKS and bool(pose_present(values["obj_pose"]))
+    valid["obj_pose"] &= bool(pose_present(values["obj_pose"]))
     for k in ("head_mask", "hand_mask"):
         valid[k] &= masks
+    for k in valid:
+        valid[k] &= subtask in AUX_LABEL_SUBTASKS["mask" if k.endswith("_mask") else k]
     return valid
 
 
@@ -562,5 +564,5 @@ class SgvlaStreamingDataset(IterableDataset):
 
 
 __all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader", "decode_png",
-           "views_to_pixels", "aux_validity", "VIEW_ORDER", "OBJ_POSE_SUBTASKS",
+           "views_to_pixels", "aux_validity", "VIEW_ORDER",
            "PIXEL_FORMATS", "unit_to_towers", "views_to_unit16", "tune_worker_process"]

@@ -1,9 +1,12 @@
-"""Discrete action tokens: each normalised action dimension is one of 256 uniform bins on [-1, 1].
+"""Discrete action tokens: each normalised action dimension is one of `n_bins` uniform bins on [-1, 1].
 
 Bin i covers [-1 + i w, -1 + (i + 1) w) with w = 2 / n_bins and decodes to its centre, so a round
-trip is off by at most w / 2. Bin i is the LLM token `begin + i`, where `begin` is the id of the
-tokenizer's `<|extra_0|>`: the 256 added `<|extra_i|>` tokens are contiguous and otherwise unused,
-so actions never collide with text (MiniVLA's choice for Qwen).
+trip is off by at most w / 2. The default is 255 bins: with an odd count 0 is a bin centre, so a
+"hold still" action decodes to exactly 0 (with 256 it decodes to -w/2, a drift that delta-joint
+control integrates step after step; MiniVLA's 256 bin edges likewise give 255 centres with 0 among
+them). Bin i is the LLM token `begin + i`, where `begin` is the id of the tokenizer's
+`<|extra_0|>`: the added `<|extra_i|>` tokens are contiguous and otherwise unused, so actions never
+collide with text (MiniVLA's choice for Qwen).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ class ActionTokenizer:
 
     low, high = -1.0, 1.0
 
-    def __init__(self, begin: int, n_bins: int = 256):
+    def __init__(self, begin: int, n_bins: int = 255):
         self.begin = int(begin)
         self.n_bins = int(n_bins)
         self.width = (self.high - self.low) / self.n_bins

@@ -2,7 +2,7 @@
 
 `SGVLAConfig` is a transformers `PreTrainedConfig` with three sub-configs (DINOv2-with-registers,
 SigLIP vision, Qwen2) plus the fields that describe the inputs (views, history, image size), the
-action space (13-D, 256 bins, chunk of 8 for the flow expert), the auxiliary decoders and the
+action space (13-D, 255 bins, chunk of 8 for the flow expert), the auxiliary decoders and the
 dataset's action statistics. Everything that changes the meaning of a checkpoint lives here, so
 `config.json` alone says how to feed and decode a saved model.
 """
@@ -109,7 +109,7 @@ class SGVLAConfig(PreTrainedConfig):
     history: int = 0
     image_size: int = 224
     action_dim: int = 13
-    n_action_bins: int = 256
+    n_action_bins: int = 255  # odd: 0 is a bin centre, so "hold still" decodes to exactly 0
     action_token_begin: int | None = None
     chunk_size: int = 8
     flow_steps: int = 10

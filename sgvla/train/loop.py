@@ -107,6 +107,21 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed this rank's training randomness (flow-matching noise and times, dropout) apart from the
+    other ranks'. The model is initialised from the same seed on every rank; if the ranks also kept
+    drawing from that seed, each step's global batch would repeat the same noise on every rank (only
+    1/world of the draws distinct). Checkpoints store every rank's state, so resume stays exact."""
+    import random
+
+    import numpy as np
+
+    s = epoch_seed(seed, 2000 + rank, 0)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
 class NonFiniteLoss(SgvlaError):
     """A step whose loss is NaN/inf: the run stops before that step changes any weight."""
 
@@ -217,6 +232,8 @@ class Worker:
             set_rng_state(rngs[self.env.rank])
         elif rngs is not None:  # another world size: data order is kept, randomness is reseeded
             torch.manual_seed(epoch_seed(self.cfg.train.seed, 1000 + self.env.rank, self.state.global_step))
+        else:  # fresh start: identical weights everywhere (seeded in __init__), own noise per rank
+            seed_rank(self.cfg.train.seed, self.env.rank)
         self.logger = MetricsLogger(self.run_dir, self.state.global_step, enabled=self.env.rank == 0)
 
     # -- checkpoints ------------------------------------------------------------------------
