@@ -172,6 +172,27 @@ def test_drift_check_accepts_the_recording_and_flags_the_first_bad_step(tmp_path
     assert pos.violation.startswith("drift: extra/obj_pose_wrt_base off by 0.2")
 
 
+def test_drift_check_sees_the_fingers_and_the_grasp(tmp_path):
+    """Fingers travel 0-0.05 m, under the 0.1 joint tolerance; a grasp that differs from the
+    recording for more than a few steps is a different episode."""
+    n = 12
+    arr = read_episode(write_mshab_file(tmp_path / "024_bowl.h5", T=n), "traj_0")
+    fingers = DriftCheck(arr.qpos, arr.extra)
+    q = arr.qpos[1].copy()
+    q[-1] += 0.02
+    assert fingers.update(1, q) == "drift: fingers off by 0.02 > 0.01 at step 1"
+
+    grasp = DriftCheck(arr.qpos, arr.extra)
+    rec = arr.extra["is_grasped"]
+    for t in range(n + 1):  # disagree for 2 steps: tolerated (contact onset jitter)
+        grasp.update(t, arr.qpos[t], {"is_grasped": np.array([not rec[t] if t in (1, 2) else rec[t]])})
+    assert grasp.violation is None and grasp.max_error["extra/is_grasped"] == 2
+    never = DriftCheck(arr.qpos, arr.extra)
+    for t in range(n + 1):  # the replay never grasps: flagged once the recording has grasped long enough
+        never.update(t, arr.qpos[t], {"is_grasped": np.array([False])})
+    assert rec.sum() > 3 and never.violation.startswith("drift: extra/is_grasped differs from the recording for 4")
+
+
 # ---------------------------------------------------------------- plan and resume
 
 

@@ -22,10 +22,15 @@ import numpy as np
 class DriftTolerance:
     """Largest accepted per-step deviation from the recording."""
 
-    #: any of the 12 non-base joints, rad (torso and fingers: m)
+    #: any of the 10 body and arm joints, rad (torso: m)
     qpos: float = 0.1
+    #: either finger joint, m (they travel 0 to 0.05 m: the joint tolerance would not see them)
+    fingers: float = 0.01
     #: distance between replayed and recorded positions in `obs/extra` (poses: xyz only), m
     position: float = 0.05
+    #: consecutive steps `is_grasped` may disagree with the recording (contact onset jitters by a
+    #: step or two between physics builds); longer means the grasp itself differs
+    grasp_steps: int = 3
 
 
 def extra_error(replayed: np.ndarray, recorded: np.ndarray) -> float | None:
@@ -49,6 +54,7 @@ class DriftCheck:
     tol: DriftTolerance = field(default_factory=DriftTolerance)
     max_error: dict[str, float] = field(default_factory=dict)
     violation: str | None = None
+    _disagree: dict[str, int] = field(default_factory=dict)
 
     def _note(self, key: str, err: float, limit: float, step: int) -> None:
         self.max_error[key] = max(self.max_error.get(key, 0.0), err)
@@ -59,12 +65,25 @@ class DriftCheck:
         """Compare observation `step` (0 = after reset); returns the first violation, if any."""
         if self.recorded_qpos is not None and step < len(self.recorded_qpos):
             rec = np.asarray(self.recorded_qpos[step], dtype=np.float64)[-len(qpos):]
-            self._note("qpos", float(np.max(np.abs(np.asarray(qpos, np.float64) - rec))), self.tol.qpos, step)
+            err = np.abs(np.asarray(qpos, np.float64) - rec)
+            self._note("qpos", float(np.max(err[:-2])), self.tol.qpos, step)
+            self._note("fingers", float(np.max(err[-2:])), self.tol.fingers, step)
         for key, value in (extra or {}).items():
             rec_all = self.recorded_extra.get(key)
             if rec_all is None or not hasattr(rec_all, "__len__") or step >= len(rec_all):
+                continue
+            if np.asarray(rec_all[step]).dtype == bool:
+                self._flag(f"extra/{key}", bool(np.asarray(value).reshape(-1)[0]) != bool(rec_all[step]), step)
                 continue
             err = extra_error(value, rec_all[step])
             if err is not None:
                 self._note(f"extra/{key}", err, self.tol.position, step)
         return self.violation
+
+    def _flag(self, key: str, differs: bool, step: int) -> None:
+        """A boolean label (is_grasped): tolerate `grasp_steps` consecutive disagreements."""
+        run = self._disagree.get(key, 0) + 1 if differs else 0
+        self._disagree[key] = run
+        self.max_error[key] = max(self.max_error.get(key, 0.0), float(run))
+        if run > self.tol.grasp_steps and self.violation is None:
+            self.violation = f"drift: {key} differs from the recording for {run} steps at step {step}"
