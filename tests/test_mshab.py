@@ -99,3 +99,16 @@ def test_val_episodes_cover_the_scenes_evenly_and_hold_the_head_still():
     assert fake.resets[-1][1]["task_plan_idxs"].tolist() == [0] and fake.resets[-1][1]["build_config_idxs"] == [7]
     env.step(np.ones(13, np.float32))
     assert fake.actions[-1][8:10].tolist() == [0, 0] and fake.actions[-1][[0, 7, 10, 11, 12]].tolist() == [1] * 5
+
+
+def test_open_close_target_pose_is_the_handle_point_not_the_link_origin():
+    """MS-HAB's fridge door link frame sits near the hinge: the label is the handle point MS-HAB's
+    own checks use (`handle_world_poses`), while envs without it (ours) keep the target's pose."""
+    from sgvla.datagen.labels import target_pose
+
+    link = SimpleNamespace(pose="link origin")
+    mshab_env = SimpleNamespace(unwrapped=SimpleNamespace(handle_world_poses=["handle point"]))
+    ours = SimpleNamespace(unwrapped=SimpleNamespace())
+    pick = SimpleNamespace(unwrapped=SimpleNamespace(handle_world_poses=[None]))  # not an articulation subtask
+    assert target_pose(mshab_env, link) == "handle point"
+    assert target_pose(ours, link) == target_pose(pick, link) == "link origin"

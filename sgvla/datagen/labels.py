@@ -47,6 +47,17 @@ def resolve_target(env, subtask: str):
                        "needs `label_target`, or MS-HAB's `subtask_objs` / `subtask_articulations`")
 
 
+def target_pose(env, target):
+    """The labelled target pose: the target's own, except for MS-HAB's articulations, where the
+    link's frame origin can be far from what is grasped (the fridge door's is near the hinge) and
+    the handle point is used instead, as MS-HAB's own checks do (`handle_world_poses`: link pose x
+    the plan's relative handle position). The mask stays the link's."""
+    handles = getattr(env.unwrapped, "handle_world_poses", None)
+    if handles and handles[0] is not None:
+        return handles[0]
+    return target.pose
+
+
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
@@ -85,7 +96,7 @@ def read_labels(env, obs: dict, info: dict, target) -> FrameLabels:
         depth[cam] = _np(data["depth"])[..., 0]
         mask[cam] = _np(data["segmentation"])[..., 0] == ids
     base = agent.base_link.pose
-    obj = target.pose
+    obj = target_pose(env, target)
     return FrameLabels(
         rgb=rgb,
         depth=depth,
