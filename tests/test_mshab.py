@@ -112,3 +112,16 @@ def test_open_close_target_pose_is_the_handle_point_not_the_link_origin():
     pick = SimpleNamespace(unwrapped=SimpleNamespace(handle_world_poses=[None]))  # not an articulation subtask
     assert target_pose(mshab_env, link) == "handle point"
     assert target_pose(ours, link) == target_pose(pick, link) == "link origin"
+
+
+def test_workers_get_the_drivers_asset_dir_and_check_it_themselves(tmp_path, monkeypatch):
+    import socket
+
+    from sgvla.datagen.plan import PlannedEpisode, ShardPlan
+    from sgvla.datagen.worker import SimWorker
+
+    monkeypatch.setenv("MS_ASSET_DIR", str(tmp_path / "ms"))
+    assert mshab.worker_runtime_env() == {"env_vars": {"MS_ASSET_DIR": str(tmp_path / "ms")}}
+    shard = ShardPlan("set_table", "train", 0, 1, (PlannedEpisode(0, "open", "/x/fridge.h5", "traj_0", 5, 0),))
+    with pytest.raises(SgvlaError, match=f"on node {socket.gethostname()}: MS-HAB asset dir .*does not exist"):
+        SimWorker("set_table", str(tmp_path / "ds")).run_shard(shard.to_json(), "set_table", "train", 1, 1)

@@ -89,6 +89,24 @@ def check_ready(task: str, subtasks: tuple[str, ...], split: str = PLAN_SPLIT) -
         raise SgvlaError(f"replaying MS-HAB demos needs the mshab package ({e}): {_INSTALL}") from e
 
 
+def worker_runtime_env() -> dict:
+    """Ray `runtime_env` for replay workers: the driver's asset folder, so every node reads the
+    assets the driver checked (the folder, the demos and --out must be on a filesystem every node
+    mounts at the same path)."""
+    return {"env_vars": {"MS_ASSET_DIR": str(asset_root().parent)}}
+
+
+def check_worker_ready(task: str, subtasks: tuple[str, ...]) -> None:
+    """`check_ready` run inside a worker, its error naming the node: the driver's check says nothing
+    about another machine's disks or packages."""
+    import socket
+
+    try:
+        check_ready(task, subtasks)
+    except SgvlaError as e:
+        raise SgvlaError(f"on node {socket.gethostname()}: {e}") from None
+
+
 def check_file(task: str, demo: DemoFile) -> None:
     """A file given for an MS-HAB task must come from MS-HAB's env and have its task-plan file."""
     if demo.env_id not in MSHAB_ENV_IDS:

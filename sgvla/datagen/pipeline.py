@@ -335,9 +335,10 @@ def _run_pool(root: Path, task: str, todo: list[ShardPlan], shape: dict) -> dict
 
     board_name = f"sgvla-gen-progress-{uuid.uuid4().hex[:12]}"
     board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name).remote()
+    extra = {} if task == BUILTIN_TASK else {"runtime_env": mshab.worker_runtime_env()}
     cls = ray.remote(SimWorker).options(num_cpus=shape["num_cpus"], num_gpus=shape["num_gpus"],
                                         max_restarts=MAX_SHARD_ATTEMPTS * len(todo), max_task_retries=0,
-                                        scheduling_strategy="SPREAD")  # over the cluster's nodes
+                                        scheduling_strategy="SPREAD", **extra)  # over the cluster's nodes
     actors = [cls.remote(task, str(root), shape["num_envs"], shape["sim_backend"], board_name)
               for _ in range(shape["n"])]
     try:

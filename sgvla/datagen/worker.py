@@ -22,6 +22,7 @@ from sgvla.dataset.atomic import write_json_atomic
 from sgvla.dataset.schema import FEATURES, STATS_FIELDS, VECTOR_FIELDS
 from sgvla.dataset.shards import rows_to_table, write_shard
 from sgvla.dataset.stats import shard_stats, write_shard_stats
+from sgvla.tasks import BUILTIN_TASK
 
 
 @lru_cache(maxsize=64)
@@ -81,6 +82,10 @@ class SimWorker:
     def run_shard(self, shard_doc: dict, config: str, split: str, num_shards: int, attempt: int) -> dict:
         shard = ShardPlan.from_json(config, split, num_shards, shard_doc)
         if self.replayer is None:
+            if self.task != BUILTIN_TASK:
+                from sgvla.datagen.mshab import check_worker_ready
+
+                check_worker_ready(self.task, (shard.episodes[0].subtask,))
             self.replayer = Replayer(self.task, self.num_envs, self.sim_backend)
         if self.board is None and self.board_name:
             import ray
