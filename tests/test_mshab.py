@@ -3,6 +3,7 @@ the required assets, and the evaluation prompt equal to the training prompt."""
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from sgvla.datagen import mshab
+from sgvla.datagen.sources import read_demo_file
 from sgvla.errors import SgvlaError
 from sgvla.instructions import episode_text, template_instruction
 
@@ -125,3 +127,20 @@ def test_workers_get_the_drivers_asset_dir_and_check_it_themselves(tmp_path, mon
     shard = ShardPlan("set_table", "train", 0, 1, (PlannedEpisode(0, "open", "/x/fridge.h5", "traj_0", 5, 0),))
     with pytest.raises(SgvlaError, match=f"on node {socket.gethostname()}: MS-HAB asset dir .*does not exist"):
         SimWorker("set_table", str(tmp_path / "ds")).run_shard(shard.to_json(), "set_table", "train", 1, 1)
+
+
+def test_a_demo_of_another_task_plan_release_is_named(tmp_path):
+    """Published JSONs carry `subtask_uid`; a rebuilt plan with another uid is a version mismatch."""
+    from tests.test_gen_inputs import write_mshab_file
+
+    path = write_mshab_file(tmp_path / "pick" / "024_bowl.h5", n_eps=2)
+    doc = json.loads(path.with_suffix(".json").read_text())
+    for i, ep in enumerate(doc["episodes"]):
+        ep["subtask_uid"] = f"pick-{i}"
+    path.with_suffix(".json").write_text(json.dumps(doc))
+    demo = read_demo_file(path, "pick")
+    assert [e.subtask_uid for e in demo.episodes] == ["pick-0", "pick-1"]
+    env = SimpleNamespace(task_plan=[SimpleNamespace(composite_subtask_uids=["pick-0", "pick-7"])])
+    mshab.check_subtask_uids(env, demo, [demo.episodes[0]])  # matches
+    with pytest.raises(SgvlaError, match="recorded on subtask pick-1 but its task plan rebuilds subtask\\(s\\) pick-7"):
+        mshab.check_subtask_uids(env, demo, list(demo.episodes))

@@ -142,6 +142,22 @@ def env_kwargs(task: str, demo: DemoFile) -> dict:
                 require_build_configs_repeated_equally_across_envs=False)
 
 
+def check_subtask_uids(unwrapped, demo: DemoFile, episodes: list[DemoEpisode]) -> None:
+    """After a reset: the rebuilt plan's subtask must be the one each episode was recorded on. A
+    mismatch means task plans and demos of different releases (ReplicaCADRearrange was re-issued in
+    2025), which otherwise shows up only as drift at step 0."""
+    plan = getattr(unwrapped, "task_plan", None)
+    if not plan:
+        return
+    for i, e in enumerate(episodes):
+        got = [st.composite_subtask_uids[i] for st in plan]  # this sub-scene's subtasks, in plan order
+        if e.subtask_uid and e.subtask_uid not in got:
+            raise SgvlaError(f"{demo.path} {e.traj} was recorded on subtask {e.subtask_uid} but its task plan "
+                             f"rebuilds subtask(s) {', '.join(got)}: the task plans and the demos come from "
+                             "different releases; download both again (ReplicaCADRearrange and the MS-HAB demo "
+                             "repo)")
+
+
 def reset_options(episodes: list[DemoEpisode], reconfigure: bool) -> dict:
     """`env.reset(options=...)` that recreates these episodes' start states, one per sub-scene."""
     import torch

@@ -249,6 +249,7 @@ class Replayer:
             padded = list(demo_eps) + [demo_eps[-1]] * (n - len(demo_eps))
             obs, info = env.reset(options=mshab_path.reset_options(padded, reconfigure))
             self._loaded_bcis[key] = bcis
+            mshab_path.check_subtask_uids(env.unwrapped, demo, list(demo_eps))
             return obs, info
         if n == 1:
             return env.reset(**demo_eps[0].reset_kwargs)

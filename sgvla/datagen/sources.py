@@ -46,6 +46,8 @@ class DemoEpisode:
     #: MS-HAB reset indices (empty for other kinds) and the recorded success flag.
     reset_idxs: dict = field(default_factory=dict)
     recorded_success: bool | None = None
+    #: MS-HAB: the uid of the subtask the episode was recorded on (later releases of the demos).
+    subtask_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,9 @@ def _episode(ep: dict, h5: h5py.File, json_path: Path, h5_path: Path) -> DemoEpi
         reset_kwargs["seed"] = reset_kwargs["seed"][0]
     idxs = {k: ep[k] for k in MSHAB_RESET_KEYS if k in ep}
     succ = ep.get("success_once", ep.get("success"))
-    return DemoEpisode(traj, eid, length, reset_kwargs, idxs, None if succ is None else bool(succ))
+    uid = ep.get("subtask_uid")
+    return DemoEpisode(traj, eid, length, reset_kwargs, idxs, None if succ is None else bool(succ),
+                       str(uid) if uid else None)
 
 
 def check_demo_actions(demo: DemoFile) -> None:
