@@ -144,3 +144,16 @@ def test_a_demo_of_another_task_plan_release_is_named(tmp_path):
     mshab.check_subtask_uids(env, demo, [demo.episodes[0]])  # matches
     with pytest.raises(SgvlaError, match="recorded on subtask pick-1 but its task plan rebuilds subtask\\(s\\) pick-7"):
         mshab.check_subtask_uids(env, demo, list(demo.episodes))
+
+
+def test_shards_group_episodes_by_scene_and_envs_do_not_rebuild_every_reset(tmp_path):
+    from sgvla.datagen.plan import build_plan
+    from tests.test_gen_inputs import write_mshab_file
+
+    path = write_mshab_file(tmp_path / "pick" / "024_bowl.h5", n_eps=4)  # build configs 3, 4, 3, 4
+    demo = read_demo_file(path, "pick")
+    assert [e.reset_idxs["build_config_idx"] for e in demo.episodes] == [3, 4, 3, 4]
+    plan = build_plan("tidy_house", "train", {"pick": [demo]}, 0, 2)
+    assert [[e.traj for e in s.episodes] for s in plan] == [["traj_0", "traj_2"], ["traj_1", "traj_3"]]
+    assert [e.episode_index for s in plan for e in s.episodes] == [0, 1, 2, 3]  # ids stay dense
+    assert mshab.NO_AUTO_RECONFIGURE == {"reconfiguration_freq": 0}

@@ -26,6 +26,13 @@ _INSTALL = ("git clone https://github.com/arth-shukla/mshab && pip install -e ./
             "(it is not on PyPI)")
 
 
+#: ManiSkill's SceneManipulationEnv rebuilds the whole apartment on every reset when num_envs == 1
+#: (reconfiguration_freq=1), reloading ReplicaCAD, YCB and the spawn data each episode. sgvla asks
+#: for a rebuild itself (`reconfigure=True`) only when the scene changes, and plans shards so that
+#: consecutive episodes share their scene.
+NO_AUTO_RECONFIGURE = {"reconfiguration_freq": 0}
+
+
 def asset_root() -> Path:
     """ManiSkill's data folder: `$MS_ASSET_DIR/data`, by default `~/.maniskill/data`."""
     return Path(os.environ.get("MS_ASSET_DIR", os.path.join(os.path.expanduser("~"), ".maniskill"))) / "data"
@@ -139,7 +146,7 @@ def env_kwargs(task: str, demo: DemoFile) -> dict:
     plan_data = plan_data_from_file(task_plan_file(task, demo))
     spawn = spawn_data_file(task, demo.subtask)
     return dict(task_plans=plan_data.plans, scene_builder_cls=plan_data.dataset, spawn_data_fp=str(spawn),
-                require_build_configs_repeated_equally_across_envs=False)
+                require_build_configs_repeated_equally_across_envs=False, **NO_AUTO_RECONFIGURE)
 
 
 def check_subtask_uids(unwrapped, demo: DemoFile, episodes: list[DemoEpisode]) -> None:

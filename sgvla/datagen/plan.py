@@ -98,6 +98,9 @@ def build_plan(config: str, split: str, files: dict[str, list[DemoFile]], episod
             print(f"note: --episodes {episodes} but the demos hold {have} episode(s) of {subtask}: "
                   f"recording {have}", file=sys.stderr)
         for f, eps in _take(sorted(files[subtask], key=lambda f: str(f.path)), episodes):
+            # MS-HAB: episodes of one scene together, so a worker rebuilds the apartment only when
+            # the scene changes (a stable sort: other files keep their order)
+            eps = sorted(eps, key=lambda e: int(e.reset_idxs.get("build_config_idx", 0)))
             for i in range(0, len(eps), episodes_per_shard):
                 groups.append([(f, e) for e in eps[i:i + episodes_per_shard]])
     shards, ep_index, offset = [], 0, 0

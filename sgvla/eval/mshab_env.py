@@ -7,7 +7,7 @@ RGB + depth for the policy (MS-HAB's own `make_env` drops RGB, so it is not used
 
 from __future__ import annotations
 
-from sgvla.datagen.mshab import _download_hint, check_ready, rearrange_dir
+from sgvla.datagen.mshab import NO_AUTO_RECONFIGURE, _download_hint, check_ready, rearrange_dir
 from sgvla.errors import SgvlaError
 
 EVAL_SPLIT = "val"
@@ -79,5 +79,5 @@ def make_mshab_env(task: str, subtask: str, obs_mode: str):
         f"{subtask.capitalize()}SubtaskTrain-v0", num_envs=1, obs_mode=obs_mode, robot_uids="fetch",
         control_mode="pd_joint_delta_pos", reward_mode="normalized_dense", max_episode_steps=HORIZON,
         task_plans=plan_data.plans, scene_builder_cls=plan_data.dataset, spawn_data_fp=str(spawn),
-        require_build_configs_repeated_equally_across_envs=False,
+        require_build_configs_repeated_equally_across_envs=False, **NO_AUTO_RECONFIGURE,
     ))
