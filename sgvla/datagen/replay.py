@@ -211,7 +211,9 @@ class Replayer:
         if key in self._envs:
             self._envs.move_to_end(key)
             return self._envs[key]
-        while len(self._envs) >= MAX_CACHED_ENVS:
+        # an MS-HAB env holds a whole ReplicaCAD apartment (several GB on CPU): keep only one
+        cap = 1 if demo.kind == "mshab" else MAX_CACHED_ENVS
+        while len(self._envs) >= cap:
             old_key, old = self._envs.popitem(last=False)
             self._loaded_bcis.pop(old_key, None)
             old.close()
