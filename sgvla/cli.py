@@ -220,6 +220,19 @@ def eval_(
              split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps)
 
 
+@command("doctor")
+def doctor(
+    task: str = typer.Option("mini_kitchen", help="mini_kitchen, tidy_house, prepare_groceries or set_table."),
+    subtask: str = typer.Option("all", help="pick, place, open, close, a comma list or all."),
+    demos: Path | None = typer.Option(None, help="MS-HAB demo folder (default: under MS_ASSET_DIR)."),
+) -> None:
+    """List every missing piece (driver, packages, assets, demos) for a task at once."""
+    from sgvla.doctor import print_checks, run_checks
+
+    if not print_checks(run_checks(task, subtask, demos)):
+        raise typer.Exit(1)
+
+
 @command("study")
 def study(
     study_file: Path = typer.Argument(..., help="Study YAML (see configs/studies/)."),
