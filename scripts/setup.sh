@@ -35,7 +35,14 @@ install_lavapipe() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null
 }
 
-if have_gpu || mesa_ok; then
+nvidia_icd_ok() {  # CUDA alone does not render: SAPIEN needs the driver's Vulkan ICD too
+  ls /usr/share/vulkan/icd.d/nvidia*.json /etc/vulkan/icd.d/nvidia*.json >/dev/null 2>&1
+}
+
+if have_gpu && ! nvidia_icd_ok; then
+  log "WARNING: an NVIDIA GPU but no NVIDIA Vulkan ICD (nvidia_icd.json): SAPIEN cannot render on it."
+  log "  install the Vulkan part of the driver (e.g. libnvidia-gl-<driver version>); \`sgvla doctor\` checks it"
+elif have_gpu || mesa_ok; then
   log "rendering driver: ok"
 else
   log "installing Mesa's software Vulkan driver (lavapipe) from bookworm-backports"
