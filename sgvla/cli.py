@@ -212,12 +212,14 @@ def eval_(
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster (default: a private local one)."),
     video: bool = typer.Option(False, help="Save MP4s of head and hand views."),
     max_steps: int | None = typer.Option(None, help="Shorter horizon than the env's (quick checks only)."),
+    gpus_per_worker: float = typer.Option(0, help="GPUs per worker: the model runs there in bf16 (0 on CPU)."),
 ) -> None:
     """Roll a policy out closed-loop and report success rates per subtask."""
     from sgvla.eval.runner import run_eval
 
     run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,
-             split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps)
+             split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps,
+             gpus_per_worker=gpus_per_worker)
 
 
 @command("doctor")

@@ -157,3 +157,26 @@ def test_shards_group_episodes_by_scene_and_envs_do_not_rebuild_every_reset(tmp_
     assert [[e.traj for e in s.episodes] for s in plan] == [["traj_0", "traj_2"], ["traj_1", "traj_3"]]
     assert [e.episode_index for s in plan for e in s.episodes] == [0, 1, 2, 3]  # ids stay dense
     assert mshab.NO_AUTO_RECONFIGURE == {"reconfiguration_freq": 0}
+
+
+def test_gpu_eval_workers_on_a_cluster_without_gpus_is_one_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from sgvla.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--model", "expert", "--subtask", "pick", "--episodes", "1",
+                                   "--gpus-per-worker", "1", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 2 and "--gpus-per-worker 1 but the Ray cluster has 0 GPUs" in res.output, res.output
+
+
+def test_model_policy_runs_fp32_on_cpu_and_would_autocast_bf16_on_a_gpu(tmp_path):
+    import torch
+
+    from sgvla.eval.policies import ModelPolicy
+    from tests.test_hardening import _saved_tiny_model
+
+    policy = ModelPolicy(_saved_tiny_model(tmp_path), mode="tokens")
+    assert policy.device == "cpu" and next(policy.model.parameters()).dtype == torch.float32
+    policy.device = "cuda:0"  # what a GPU worker holds: the query runs under bf16 autocast
+    ctx = policy._precision()
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16

@@ -27,12 +27,15 @@ class EvalWorker:
     """Owns simulators (one per subtask, lazily built) and a policy; runs episodes on request."""
 
     def __init__(self, task: str, model: str, mode: str, out: str, video: bool, obs_mode: str,
-                 max_steps: int | None = None):
+                 max_steps: int | None = None, use_gpu: bool = False):
+        import torch
+
         from sgvla.eval.policies import make_policy
 
         self.task, self.out, self.video, self.obs_mode = task, Path(out), video, obs_mode
         self.max_steps = max_steps
-        self.policy = make_policy(model, mode)
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
+        self.policy = make_policy(model, mode, device)
         self.envs: dict = {}
 
     def _env(self, subtask: str):
@@ -116,11 +119,12 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     return ("rgb+depth" if any(v.endswith("depth") for v in views) else "rgb"), views
 
 
-def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: str) -> list[dict]:
+def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: str,
+              gpus_per_worker: float = 0.0) -> list[dict]:
     """Spread (subtask, seed) episodes over `n_workers` EvalWorker actors; their records, unordered."""
     import ray
 
-    actor_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(EvalWorker)
+    actor_cls = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=1, max_task_retries=1)(EvalWorker)
     actors = [actor_cls.remote(*args) for _ in range(n_workers)]
     pool = ray.util.ActorPool(actors)
     records = []
@@ -135,6 +139,21 @@ def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: st
         for a in actors:
             ray.kill(a)
     return records
+
+
+def _gpu_workers(gpus_per_worker: float, n_workers: int) -> int:
+    """As many workers as the cluster's GPUs can hold (an actor that cannot be placed would wait
+    forever); a clear error when not even one fits."""
+    import ray
+
+    if gpus_per_worker <= 0:
+        return n_workers
+    have = ray.cluster_resources().get("GPU", 0)
+    fit = int(have // gpus_per_worker)
+    if fit < 1:
+        raise SgvlaError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {have:g} GPUs: use 0 on "
+                         "CPU machines, or join a GPU cluster with --ray-address")
+    return min(n_workers, fit)
 
 
 def episode_seeds(task: str, split: str, seed: int, episodes: int) -> list[int]:
@@ -153,7 +172,7 @@ def episode_seeds(task: str, split: str, seed: int, episodes: int) -> list[int]:
 
 def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str = "auto", seed: int = 0,
              workers: int = 0, ray_address: str | None = None, video: bool = False,
-             max_steps: int | None = None, split: str = "val") -> dict:
+             max_steps: int | None = None, split: str = "val", gpus_per_worker: float = 0.0) -> dict:
     """Evaluate `model` on `episodes` episodes of each subtask; write results.json/results.md into `out`.
 
     `split` is "val" unless you mean to measure on training episodes; `max_steps` shortens the env's
@@ -168,10 +187,13 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
     jobs = [(sub, s) for sub in subs for s in seeds]
     n_workers = min(len(jobs), workers or os.cpu_count() or 1)
 
+    if gpus_per_worker < 0:
+        raise SgvlaError(f"--gpus-per-worker must be 0 or more (got {gpus_per_worker})")
     session = RaySession(ray_address, num_cpus=max(n_workers, 1)).start()
     try:
-        records = _run_jobs(jobs, n_workers, (task, model, mode, str(out.resolve()), video, obs_mode, max_steps),
-                            f"eval {model} on {task}")
+        n_workers = _gpu_workers(gpus_per_worker, n_workers)
+        args = (task, model, mode, str(out.resolve()), video, obs_mode, max_steps, gpus_per_worker > 0)
+        records = _run_jobs(jobs, n_workers, args, f"eval {model} on {task}", gpus_per_worker)
     finally:
         session.close()
     if len(records) != len(jobs):
