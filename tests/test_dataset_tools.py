@@ -131,3 +131,19 @@ def test_upload_sends_the_folder_as_is_to_a_dataset_repo(ds, monkeypatch):
     kw = upload.call_args.kwargs
     assert Path(kw["folder_path"]) == ds and kw["repo_type"] == "dataset" and kw["revision"] == "v1"
     assert ".*" in kw["ignore_patterns"]
+
+
+def test_published_card_names_the_repo_cites_the_paper_and_leaves_local_paths_home(ds, monkeypatch):
+    (ds / "meta" / "plan.json").write_text('{"plans": {"x": "/home/someone/demos/pick.h5"}}')
+    (ds / "meta" / "outcomes" / "mini_kitchen").mkdir(parents=True)
+    (ds / "meta" / "outcomes" / "mini_kitchen" / "train-00000.json").write_text("{}")
+    sent = [f for f, _ in upload_plan(ds)]
+    assert "meta/plan.json" not in sent and not any(f.startswith("meta/outcomes/") for f in sent)
+    card = (ds / "README.md").read_text()
+    assert "USER/NAME" in card and "arxiv.org/abs/2603.22760" in card and "@article{tu2026sgvla" in card
+    assert "size_categories:" in card and "n<1K" in card
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    with mock.patch.object(HfApi, "create_repo"), mock.patch.object(HfApi, "upload_folder"):
+        push_dataset(ds, repo_id="someone/sgvla-test")
+    card = (ds / "README.md").read_text()
+    assert "USER/NAME" not in card and 'load_dataset("someone/sgvla-test", ' in card

@@ -98,6 +98,14 @@ def test_dataset_loads_with_typed_features_and_whole_episodes(built):
     assert (built / "README.md").is_file() and (built / "meta" / "stats.json").is_file()
 
 
+def test_card_and_manifest_publish_no_absolute_paths(built):
+    """The folder's own location and the demos' absolute paths stay on the machine that made it."""
+    for name in ("README.md", "meta/manifest.json"):
+        text = (built / name).read_text()
+        assert str(built.parent) not in text and "/tmp/" not in text, name
+    assert "gen.h5" not in text and "pick.h5:traj_0" in (built / "meta" / "manifest.json").read_text()
+
+
 def test_validate_accepts_the_folder(built):
     from sgvla.dataset.validate import validate_dataset
 

@@ -42,6 +42,7 @@ from sgvla.datagen.plan import (
 from sgvla.datagen.sources import DemoFile, check_demo_actions, find_demo_files
 from sgvla.dataset.atomic import folder_lock, write_json_atomic
 from sgvla.dataset.layout import MANIFEST_PATH, PLAN_PATH, find_shards, read_json
+from sgvla.dataset.schema import source_name
 from sgvla.errors import SgvlaError
 from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, SPLITS, split_of_seed, subtasks_for
@@ -55,12 +56,19 @@ DEMO_SEED = 0
 GPU_MAX_ENVS = 252
 
 
+def _portable(path) -> str:
+    """A path as the card and manifest publish it: relative as given, an absolute one by its name
+    (the folders of the machine that generated a dataset mean nothing to its readers)."""
+    p = Path(path)
+    return p.name if p.is_absolute() else str(p)
+
+
 def _command_line(task, subtask, episodes, out, demos, split, workers, episodes_per_shard) -> str:
-    parts = [f"sgvla gen --task {task} --subtask {subtask} --out {out} --split {split}"]
+    parts = [f"sgvla gen --task {task} --subtask {subtask} --out {_portable(out)} --split {split}"]
     if episodes:
         parts.append(f"--episodes {episodes}")
     if demos is not None:
-        parts.append(f"--demos {demos}")
+        parts.append(f"--demos {_portable(demos)}")
     if workers:
         parts.append(f"--workers {workers}")
     parts.append(f"--episodes-per-shard {episodes_per_shard}")
@@ -361,16 +369,18 @@ def _manifest(root: Path, command_line: str, errors: dict[tuple[str, str, int], 
     for key in read_plans(root):
         config, split = key.split("/")
         for s in load_plan(root, config, split) or []:
-            sources.add(s.source)
+            sources.add(source_name(s.source))
             if shard_done(root, s):
                 for o in read_json(outcomes_path(root, config, split, s.shard_index))["episodes"]:
-                    o = {"config": config, "split": split, **o}
+                    path, traj = o["source"].rsplit(":", 1)
+                    o = {"config": config, "split": split, **o, "source": f"{source_name(path)}:{traj}"}
                     (kept if o["status"] == "kept" else dropped).append(o)
                 continue
             why = errors.get((config, split, s.shard_index), "not produced yet: re-run the same command")
             for e in s.episodes:
                 failed.append({"config": config, "split": split, "episode_index": e.episode_index,
-                               "subtask": e.subtask, "source": f"{e.source}:{e.traj}", "status": "failed",
+                               "subtask": e.subtask, "source": f"{source_name(e.source)}:{e.traj}",
+                               "status": "failed",
                                "reason": why})
     return {"command_line": command_line, "sgvla_version": sgvla.__version__, "sources": sorted(sources),
             "kept": kept, "dropped": dropped, "failed": failed}

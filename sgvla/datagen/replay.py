@@ -35,9 +35,8 @@ from sgvla.datagen.drift import DriftCheck, DriftTolerance
 from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, _np, read_labels, resolve_target
 from sgvla.datagen.plan import PlannedEpisode
 from sgvla.datagen.sources import DemoEpisode, DemoFile, EpisodeArrays, read_episode
-from sgvla.dataset.schema import FPS, encode_depth, encode_mask, encode_rgb
+from sgvla.dataset.schema import FPS, encode_depth, encode_mask, encode_rgb, source_name
 from sgvla.instructions import episode_text
-from sgvla.tasks import SUBTASKS
 
 #: Simulators a worker keeps alive at once (e.g. one per subtask env of a mixed run).
 MAX_CACHED_ENVS = 2
@@ -80,13 +79,6 @@ def make_env(task: str, demo: DemoFile, num_envs: int, sim_backend: str):
         kwargs.update(mshab_path.env_kwargs(task, demo))
     kwargs.update(obs_mode=DEFAULT_OBS_MODE, num_envs=num_envs, sim_backend=sim_backend, render_mode=None)
     return gym_make_checked(demo.env_id, **kwargs)
-
-
-def source_name(path: str) -> str:
-    """Short demo-file name for the `source` column: `pick.h5`, or `pick/024_bowl.h5` when the file
-    sits in a subtask folder (MS-HAB names pick and place files alike)."""
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}" if p.parent.name in SUBTASKS else p.name
 
 
 def _state_at(states: list[dict], t: int, device) -> dict:

@@ -30,6 +30,24 @@ from sgvla.dataset.layout import (
 from sgvla.dataset.schema import FEATURES, FIELD_DOCS, FPS, IMAGE_SIZE, STATS_FIELDS, STATS_PATH
 
 DEFAULT_LICENSE = "apache-2.0"
+#: Stands for the Hub repo in the loading examples until `sgvla push-dataset --repo-id` fills it in.
+PLACEHOLDER_REPO = "USER/NAME"
+ARXIV = "2603.22760"
+CITATION = """@article{tu2026sgvla,
+  title   = {{SG-VLA}: Learning Spatially-Grounded Vision-Language-Action Models for Mobile Manipulation},
+  author  = {Tu, Ruisen and Shukla, Arth and Yoo, Sohyun and Li, Xuanlin and Li, Junxi and Xie, Jianwen and
+             Su, Hao and Tu, Zhuowen},
+  journal = {arXiv preprint arXiv:2603.22760},
+  year    = {2026}
+}"""
+
+
+def size_category(rows: int) -> str:
+    """The Hub's `size_categories` bucket for a number of rows."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (10**9, "100M<n<1B"),
+              (10**10, "1B<n<10B"), (10**11, "10B<n<100B"), (10**12, "100B<n<1T")]
+    return next((name for bound, name in bounds if rows < bound), "n>1T")
 TAGS = ["robotics", "mobile-manipulation", "maniskill", "ms-hab", "vla", "fetch", "sgvla"]
 
 
@@ -51,8 +69,9 @@ def _split_infos(root: Path) -> tuple[dict, dict]:
 def card_data(root: Path, license_id: str = DEFAULT_LICENSE) -> DatasetCardData:
     """The YAML header: configs (one per task), features, split sizes, license, categories, tags."""
     files, infos = _split_infos(root)
+    rows = sum(s.num_examples for sd in infos.values() for s in sd.values())
     data = DatasetCardData(license=license_id, task_categories=["robotics"], tags=TAGS,
-                           pretty_name="SG-VLA mobile manipulation dataset")
+                           pretty_name="SG-VLA mobile manipulation dataset", size_categories=[size_category(rows)])
     MetadataConfigs({
         config: {"data_files": [{"split": s, "path": p} for s, p in sorted(splits.items())]}
         for config, splits in files.items()
@@ -115,13 +134,13 @@ def _loading_section(configs: list[str]) -> str:
     return f"""```python
 from datasets import load_dataset
 
-ds = load_dataset("USER/NAME", "{c}", split="train")   # or a local folder path
+ds = load_dataset("{PLACEHOLDER_REPO}", "{c}", split="train")   # or a local folder path
 row = ds[0]
 row["head_rgb"]        # PIL image, 128x128 RGB
 row["head_depth"]      # PIL image, mode I;16: np.asarray(...) is uint16 millimetres
 row["action"]          # 13 floats
 
-stream = load_dataset("USER/NAME", "{c}", split="train", streaming=True)
+stream = load_dataset("{PLACEHOLDER_REPO}", "{c}", split="train", streaming=True)
 ```
 
 For training, `sgvla.dataset.torch_dataset.SgvlaTorchDataset` yields model-ready tensors (resized,
@@ -155,8 +174,9 @@ def render_card(root: Path, command_line: str, sources: list[str]) -> str:
 Demonstrations of the Fetch mobile manipulator for the subtasks pick, place, open and close, with
 head and hand RGB, depth and target masks, robot state, target pose and grasp labels: the inputs and
 auxiliary targets of SG-VLA ("Learning Spatially-Grounded Vision-Language-Action Models for Mobile
-Manipulation", arXiv 2603.22760). One row is one control step at {FPS} Hz; each configuration is one
-task, each Parquet shard holds whole episodes sorted by (`episode_index`, `frame_index`).
+Manipulation", [arXiv {ARXIV}](https://arxiv.org/abs/{ARXIV})). One row is one control step at
+{FPS} Hz; each configuration is one task, each Parquet shard holds whole episodes sorted by
+(`episode_index`, `frame_index`).
 Size on disk: {fmt_bytes(size)}.
 
 ## Loading
@@ -177,6 +197,11 @@ Poses are x, y, z (m) then a unit quaternion qw, qx, qy, qz. Vectors are float32
 ## How it was generated
 
 {_generation_section(command_line, sources, manifest)}
+## Citation
+
+```bibtex
+{CITATION}
+```
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
 

@@ -14,13 +14,16 @@ from pathlib import Path
 
 from huggingface_hub.utils import filter_repo_objects
 
-from sgvla.dataset.layout import fmt_bytes, require_dataset
+from sgvla.dataset.atomic import write_text_atomic
+from sgvla.dataset.card import PLACEHOLDER_REPO
+from sgvla.dataset.layout import CARD_PATH, fmt_bytes, require_dataset
 from sgvla.dataset.validate import validate_dataset
 from sgvla.errors import SgvlaError
 from sgvla.waits import reach_within
 
-#: Hidden files anywhere (temporary shards `.x.tmp-PID`, caches, editor files) are never uploaded.
-IGNORE_PATTERNS = [".*", "*/.*"]
+#: Never uploaded: hidden files anywhere (temporary shards `.x.tmp-PID`, caches, editor files) and
+#: `sgvla gen`'s resume bookkeeping, which names the generating machine's absolute demo paths.
+IGNORE_PATTERNS = [".*", "*/.*", "meta/plan.json", "meta/outcomes/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
@@ -31,6 +34,14 @@ def upload_plan(root: Path) -> list[tuple[str, int]]:
     kept = filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS)
     return [(f, (root / f).stat().st_size) for f in kept]
 
+
+
+def fill_repo_id(root: Path, repo_id: str) -> None:
+    """Put the repo id where the card's loading examples say USER/NAME (before uploading it)."""
+    card = Path(root) / CARD_PATH
+    text = card.read_text(encoding="utf-8")
+    if PLACEHOLDER_REPO in text:
+        write_text_atomic(card, text.replace(PLACEHOLDER_REPO, repo_id))
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -71,6 +82,7 @@ def _upload(root: Path, repo_id: str, private: bool, revision: str | None, token
     with reach_within(f"the Hugging Face Hub at {constants.ENDPOINT}",
                       "check the network (or HF_ENDPOINT), then re-run the same command"):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    fill_repo_id(root, repo_id)  # only once the repo exists: a failed push leaves the folder as it was
     if revision:
         api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
     if hasattr(api, "upload_large_folder"):  # huggingface_hub < 2: the resumable uploader

@@ -167,3 +167,13 @@ FIELD_DOCS: tuple[FieldDoc, ...] = (
              f"Row id, episode id, step within the episode, frame_index / {FPS} s (LeRobot names)."),
     FieldDoc("source", "string", "Demo file and trajectory this row was replayed from."),
 )
+
+
+def source_name(path: str) -> str:
+    """Short demo-file name for the `source` column (and the card): `pick.h5`, or
+    `pick/024_bowl.h5` when the file sits in a subtask folder (MS-HAB names pick and place files
+    alike). Never a machine's absolute path."""
+    from pathlib import PurePath
+
+    p = PurePath(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name in SUBTASKS else p.name
