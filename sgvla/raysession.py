@@ -8,6 +8,10 @@ read as one sentence naming that flag rather than Ray's ConnectionError tracebac
 
     with RaySession(address, num_cpus=4) as session:   # or session.start() ... session.close()
         ...
+
+It also keeps the process's SIGTERM handler (Ray's would exit at once), bounds the wait for a
+cluster that does not answer (`sgvla.waits`), and ends the Ray processes a `kill -9` of an earlier
+command left behind.
 """
 
 from __future__ import annotations
@@ -110,8 +114,7 @@ class RaySession:
             kwargs = dict(self.init_kwargs)
             if not self.address:
                 kwargs.update(num_cpus=self.num_cpus, include_dashboard=self.include_dashboard)
-            if not self.address:
-                reap_orphaned_instances()
+                reap_orphaned_instances()  # what a killed earlier command left running
             try:
                 with _keep_sigterm_handler():
                     self._init(ray, kwargs)
