@@ -210,3 +210,14 @@ def test_each_rank_draws_its_own_noise_after_an_identical_init():
     assert torch.equal(inits[0], inits[1]) and not torch.equal(draws[0], draws[1])
     seed_rank(7, 1)
     assert torch.equal(torch.randn(5), draws[1])  # reproducible per rank
+
+
+def test_fsdp_root_keeps_the_batch_out_of_the_bf16_cast():
+    """FSDP2 casts forward inputs to param_dtype by default: targets in metres and pixels must not be."""
+    from sgvla.train.modelops import fsdp_policies
+
+    blocks, root = fsdp_policies("cuda")
+    assert blocks.param_dtype == torch.bfloat16 and blocks.cast_forward_inputs
+    assert root.param_dtype == torch.bfloat16 and root.reduce_dtype == torch.float32
+    assert not root.cast_forward_inputs
+    assert not fsdp_policies("cpu")[1].cast_forward_inputs
