@@ -22,7 +22,7 @@ from sgvla.dataset.torch_dataset import (
     make_dataloader,
 )
 from sgvla.errors import SgvlaError
-from sgvla.model.transforms import normalize_action
+from sgvla.transforms import normalize_action
 
 S = 32  # small model resolution keeps the tests fast; 128 -> 32 still exercises the resize
 

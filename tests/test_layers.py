@@ -29,3 +29,9 @@ def test_model_and_train_never_import_the_simulator():
 
 def test_datagen_never_imports_the_model():
     _assert_no_import("datagen", {"sgvla.model", "sgvla.train"})
+
+
+def test_dataset_never_imports_the_model():
+    """Loading data must not pull in transformers and the model (the pixel and action transforms
+    both sides share live in the neutral `sgvla.transforms`)."""
+    _assert_no_import("dataset", {"sgvla.model", "sgvla.train", "transformers"})

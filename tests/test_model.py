@@ -22,7 +22,7 @@ from sgvla.model import (
     SGVLAForActionPrediction,
     build_byte_tokenizer,
 )
-from sgvla.model.transforms import normalize_for_towers, unnormalize_action
+from sgvla.transforms import normalize_for_towers, unnormalize_action
 
 STATS = {"mean": [0.0] * 13, "std": [1.0] * 13, "min": [-3.0] * 13, "max": [3.0] * 13,
          "q01": [-2.0 + 0.1 * i for i in range(13)], "q99": [1.0 + 0.2 * i for i in range(13)]}
@@ -519,7 +519,7 @@ def test_from_components_uses_second_to_last_layer_features(tmp_path):
 
 def test_compact_unit_pixels_are_resized_on_the_model_side_like_evaluation():
     """The pipeline's "unit16" format (128 px half floats) gives the same loss as pre-made towers."""
-    from sgvla.model.transforms import unit_to_towers
+    from sgvla.transforms import unit_to_towers
 
     model = tiny().eval()
     g = np.random.default_rng(3)

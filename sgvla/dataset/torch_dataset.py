@@ -5,7 +5,7 @@ One sample is the observation at step t of an episode plus its targets:
 * ``pixel_values``: {"dino", "siglip"} float32 [V, 3, S, S], V = (history + 1) * len(views),
   frame-major: all views of frame t-history, ..., all views of frame t, views in the order given
   (any of "head_rgb", "hand_rgb", "head_depth", "hand_depth"). History frames before the episode
-  start repeat its first frame. The values are those of `sgvla.model.transforms` (what evaluation
+  start repeat its first frame. The values are those of `sgvla.transforms` (what evaluation
   runs): to_unit_image (depth via Eq. 1 from the 16-bit millimetres, 3 channels, never through
   8-bit PIL) -> bicubic resize to S -> DINOv2 / SigLIP normalisation; computed with OpenCV for
   speed and tested to agree within 2e-4.
@@ -58,7 +58,8 @@ from sgvla.dataset.schema import (
 )
 from sgvla.dataset.stats import load_stats, require_action_stats
 from sgvla.errors import SgvlaError
-from sgvla.model.transforms import (
+from sgvla.tasks import AUX_LABEL_SUBTASKS
+from sgvla.transforms import (
     depth_to_unit,
     normalize_action,
     normalize_for_towers,
@@ -66,7 +67,6 @@ from sgvla.model.transforms import (
     to_unit_image,
     unit_to_towers,
 )
-from sgvla.tasks import AUX_LABEL_SUBTASKS
 
 VIEW_ORDER = RGB_FIELDS + DEPTH_FIELDS
 DEFAULT_VIEWS = VIEW_ORDER
@@ -164,7 +164,7 @@ def views_to_pixels(frames: list[dict[str, np.ndarray]], views: Sequence[str],
                     size: int) -> dict[str, torch.Tensor]:
     """Decoded frames (oldest first) -> {"dino","siglip"} [len(frames)*len(views), 3, size, size].
 
-    Same result as `to_unit_image -> resize -> normalize_for_towers` of `sgvla.model.transforms`
+    Same result as `to_unit_image -> resize -> normalize_for_towers` of `sgvla.transforms`
     (what evaluation runs), computed with OpenCV resizes and one affine pass per tower.
     """
     chw = torch.from_numpy(_resize_planes(unit_planes(frames, views), size))
@@ -214,7 +214,7 @@ def views_to_unit16(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -
 
 def views_to_pixels_reference(frames: list[dict[str, np.ndarray]], views: Sequence[str],
                               size: int) -> dict[str, torch.Tensor]:
-    """The plain `sgvla.model.transforms` path (slow): the definition `views_to_pixels` must match."""
+    """The plain `sgvla.transforms` path (slow): the definition `views_to_pixels` must match."""
     unit = []
     for frame in frames:
         for v in views:

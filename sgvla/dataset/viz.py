@@ -51,7 +51,7 @@ def depth_colour(depth_mm: np.ndarray) -> np.ndarray:
     import torch
     from matplotlib import colormaps
 
-    from sgvla.model.transforms import depth_to_unit
+    from sgvla.transforms import depth_to_unit
 
     p = depth_to_unit(torch.from_numpy(depth_mm.astype(np.int32))).numpy()
     return (colormaps["viridis"](p)[..., :3] * 255).astype(np.uint8)

@@ -39,8 +39,8 @@ from sgvla.model.aux_decoders import AuxiliaryDecoders, QposDecoder
 from sgvla.model.configuration_sgvla import ACTION_MODES, AUX_NAMES, HUB_COMPONENTS, SGVLAConfig
 from sgvla.model.flow_expert import FlowMatchingExpert
 from sgvla.model.processing_sgvla import IGNORE_INDEX, SGVLAProcessor, build_byte_tokenizer
-from sgvla.model.transforms import unit_to_towers, unnormalize_action
 from sgvla.model.vision import FusedMLPProjector, FusedVisionBackbone
+from sgvla.transforms import unit_to_towers, unnormalize_action
 
 LOSS_NAMES: tuple[str, ...] = ("action", *AUX_NAMES, "flow")
 
@@ -214,7 +214,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
             pixel_values = unit_to_towers(pixel_values["unit"], c.image_size)
         if not isinstance(pixel_values, Mapping) or set(pixel_values) != {"dino", "siglip"}:
             raise SgvlaError("pixel_values must be a dict with 'dino' and 'siglip' tensors "
-                             "(see sgvla.model.transforms.normalize_for_towers)")
+                             "(see sgvla.transforms.normalize_for_towers)")
         shapes = {k: tuple(v.shape) for k, v in pixel_values.items()}
         if any(s[1:] != want for s in shapes.values()) or shapes["dino"] != shapes["siglip"]:
             raise SgvlaError(f"pixel_values shapes {shapes} do not match this model: it expects (B, {want[0]}, 3, "

@@ -26,7 +26,7 @@ from sgvla.batching import stack_columns
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.configuration_sgvla import AUX_TARGETS
-from sgvla.model.transforms import normalize_for_towers, resize, to_unit_image
+from sgvla.transforms import normalize_for_towers, resize, to_unit_image
 
 IGNORE_INDEX = -100
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
