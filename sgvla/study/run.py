@@ -76,14 +76,18 @@ def run_group(train: list[str] | None, run_dir: str, evals: list[tuple[str, list
     if train is not None:
         rc, why = _command(train, train_log(Path(run_dir)))
         if rc:
-            status = "interrupted" if rc < 0 else "failed"
-            return [{"status": status, "stage": "train", "reason": why} for _ in evals]
+            return [{"status": _failure(rc), "stage": "train", "reason": why} for _ in evals]
     outcomes = []
     for folder, args in evals:
         rc, why = _command(args, Path(folder) / "eval.log")
-        outcomes.append({"status": "done"} if rc == 0 else
-                        {"status": "interrupted" if rc < 0 else "failed", "stage": "eval", "reason": why})
+        outcomes.append({"status": "done"} if rc == 0 else {"status": _failure(rc), "stage": "eval", "reason": why})
     return outcomes
+
+
+def _failure(rc: int) -> str:
+    """A command killed by a signal, or stopped by Ctrl-C/SIGTERM (sgvla exits 130 then), was
+    interrupted: run it again. Any other non-zero exit is a failure of the cell itself."""
+    return "interrupted" if rc < 0 or rc == 130 else "failed"
 
 
 def _train_args(study: Study, cell: Cell, out: Path, address: str) -> list[str] | None:
