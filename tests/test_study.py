@@ -107,3 +107,10 @@ def test_shipped_study_files_load():
         assert len(study.seeds) >= 3 and study.rows
         if "small" in f.stem:
             assert study.dataset == str(ROOT / "outputs" / "cpu_recipe" / "dataset")
+
+
+def test_a_killed_or_interrupted_cell_is_retried_not_failed():
+    from sgvla.study.run import _failure
+
+    assert _failure(-9) == _failure(130) == "interrupted"  # kill -9; Ctrl-C / SIGTERM (sgvla exits 130)
+    assert _failure(2) == _failure(1) == "failed"  # an error of the cell itself
