@@ -15,6 +15,7 @@ from sgvla.datagen import mshab
 from sgvla.datagen.sources import read_demo_file
 from sgvla.errors import SgvlaError
 from sgvla.instructions import episode_text, template_instruction
+from tests.test_gen_inputs import write_mshab_file
 
 
 def test_download_commands_are_one_asset_per_call_in_the_safe_order(tmp_path, monkeypatch):
@@ -131,7 +132,6 @@ def test_workers_get_the_drivers_asset_dir_and_check_it_themselves(tmp_path, mon
 
 def test_a_demo_of_another_task_plan_release_is_named(tmp_path):
     """Published JSONs carry `subtask_uid`; a rebuilt plan with another uid is a version mismatch."""
-    from tests.test_gen_inputs import write_mshab_file
 
     path = write_mshab_file(tmp_path / "pick" / "024_bowl.h5", n_eps=2)
     doc = json.loads(path.with_suffix(".json").read_text())
@@ -148,7 +148,6 @@ def test_a_demo_of_another_task_plan_release_is_named(tmp_path):
 
 def test_shards_group_episodes_by_scene_and_envs_do_not_rebuild_every_reset(tmp_path):
     from sgvla.datagen.plan import build_plan
-    from tests.test_gen_inputs import write_mshab_file
 
     path = write_mshab_file(tmp_path / "pick" / "024_bowl.h5", n_eps=4)  # build configs 3, 4, 3, 4
     demo = read_demo_file(path, "pick")
@@ -156,7 +155,27 @@ def test_shards_group_episodes_by_scene_and_envs_do_not_rebuild_every_reset(tmp_
     plan = build_plan("tidy_house", "train", {"pick": [demo]}, 0, 2)
     assert [[e.traj for e in s.episodes] for s in plan] == [["traj_0", "traj_2"], ["traj_1", "traj_3"]]
     assert [e.episode_index for s in plan for e in s.episodes] == [0, 1, 2, 3]  # ids stay dense
-    assert mshab.NO_AUTO_RECONFIGURE == {"reconfiguration_freq": 0}
+
+
+def test_replay_and_eval_envs_are_built_without_a_rebuild_per_reset(tmp_path, monkeypatch):
+    """ManiSkill's SceneManipulationEnv rebuilds the apartment on every reset at num_envs=1 unless
+    reconfiguration_freq=0 is passed: both env builders must pass it (mshab is faked: not installed)."""
+    import sys
+    import types
+
+    planner = types.ModuleType("mshab.envs.planner")
+    planner.plan_data_from_file = lambda path: SimpleNamespace(plans=["plan"], dataset="ReplicaCADSetTableVal")
+    for name, mod in (("mshab", types.ModuleType("mshab")), ("mshab.envs", types.ModuleType("mshab.envs")),
+                      ("mshab.envs.planner", planner)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    demo = read_demo_file(write_mshab_file(tmp_path / "pick" / "024_bowl.h5"), "pick")
+    assert mshab.env_kwargs("tidy_house", demo)["reconfiguration_freq"] == 0
+    made = {}
+    monkeypatch.setattr(gym, "make", lambda env_id, **kw: made.update(kw) or _FakeMshabEnv())
+    from sgvla.eval.mshab_env import make_mshab_env
+
+    make_mshab_env("set_table", "open", obs_mode="rgb+depth")
+    assert made["reconfiguration_freq"] == 0 and made["num_envs"] == 1
 
 
 def test_gpu_eval_workers_on_a_cluster_without_gpus_is_one_error(tmp_path):

@@ -7,7 +7,6 @@ folder on disk (not a separate index) is the single source of truth.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sgvla.dataset.schema import STATS_PATH
-from sgvla.errors import SgvlaError
+from sgvla.errors import SgvlaError, load_json
 
 SHARD_STATS_DIR = "meta/shards"
 MANIFEST_PATH = "meta/manifest.json"
@@ -91,16 +90,10 @@ def shard_rows(path: Path) -> int:
         return pf.metadata.num_rows
 
 
-def read_json(path: Path) -> dict | None:
-    """Parsed JSON, or None when the file is absent (corrupt files raise SgvlaError)."""
+def read_json(path: Path, fix: str = "re-run `sgvla gen` on the folder to rewrite it") -> dict | None:
+    """Parsed JSON, or None when the file is absent (a corrupt one is `errors.load_json`'s error)."""
     path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SgvlaError(f"{path} is not valid JSON ({e}): re-run `sgvla gen` on the folder "
-                         "to rewrite it") from e
+    return load_json(path, fix) if path.exists() else None
 
 
 def stats_path(root: Path) -> Path:

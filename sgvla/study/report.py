@@ -44,7 +44,7 @@ def collect(study: Study, out: Path) -> list[dict]:
         rec = {"row": cell.row.name, "seed": cell.seed, "status": st["status"], "reason": st.get("reason"),
                "run": str(cell.run_dir(out)), "mode": cell.row.mode}
         if st["status"] == "done":
-            res = read_json(cell.eval_dir(out) / "results.json")
+            res = read_json(cell.eval_dir(out) / "results.json", "delete it: the cell's evaluation is then run again")
             per = res["aggregate"]["per_subtask"]
             rec["per_subtask"] = {s: {k: per[s][k] for k in ("successes", "episodes", "success_rate", "wilson95")}
                                   for s in per}

@@ -41,7 +41,7 @@ def train_log(run_dir: Path) -> Path:
 
 def cell_status(out: Path, cell: Cell) -> dict | None:
     """The cell's recorded outcome ({"status": "done" | "failed", ...}) or None when it never finished."""
-    doc = read_json(cell.eval_dir(out) / CELL_FILE)
+    doc = read_json(cell.eval_dir(out) / CELL_FILE, "delete it: the cell is then run again")
     if doc and doc.get("status") == "done" and not (cell.eval_dir(out) / "results.json").is_file():
         return None
     return doc
@@ -110,7 +110,7 @@ def _eval_args(study: Study, cell: Cell, out: Path, address: str) -> list[str]:
 
 
 def _check_plan(out: Path, study: Study) -> None:
-    doc = read_json(out / PLAN_FILE)
+    doc = read_json(out / PLAN_FILE, "delete it if this folder holds only this study's cells")
     if doc is None:
         write_json_atomic(out / PLAN_FILE, {"study": study.name, "fingerprint": study.fingerprint()})
     elif doc.get("fingerprint") != study.fingerprint():
