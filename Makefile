@@ -1,5 +1,5 @@
 # The two commands of the README. Both run the same idempotent set-up first.
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-fast lint
 
 setup:
 	bash scripts/setup.sh
@@ -8,7 +8,11 @@ demo: setup
 	bash scripts/demo.sh
 
 test: lint
-	.venv/bin/python -m pytest -q -ra
+	.venv/bin/python -m pytest -q -ra --durations=15
+
+# Minutes instead of twenty: everything but the end-to-end tests marked slow.
+test-fast: lint
+	.venv/bin/python -m pytest -q -ra -m "not slow"
 
 lint: setup
 	.venv/bin/python -m ruff check sgvla tests bench

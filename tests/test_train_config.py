@@ -21,7 +21,7 @@ from sgvla.train.config import batch_plan, config_from_dict, load_config
 from sgvla.train.metrics import MetricsLogger, read_metrics
 from sgvla.train.plot import plot_run
 from sgvla.train.sampler import ResumableDistributedSampler
-from sgvla.train.stages import plan_stages
+from sgvla.train.stages import plan_stages, stage_lr
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("_"))
@@ -46,11 +46,23 @@ def test_yaml_base_chain_and_overrides(tmp_path):
     # checked in the config, so a Hub dataset cannot train on zero rows because of a typo
     ({"data": {"subtasks": ["pik"]}}, ["data.subtasks", "pik", "pick"]),
     ({"data": {"subtasks": []}}, ["data.subtasks", "empty"]),
+    ({"optim": {"lr_schedule": "linear"}}, ["optim.lr_schedule", "cosine"]),
+    ({"optim": {"min_lr_ratio": 2}}, ["min_lr_ratio"]),
 ])
 def test_bad_config_values_are_named(bad, words):
     with pytest.raises(SgvlaError) as e:
         config_from_dict(bad)
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_cosine_lr_warms_up_then_decays_to_its_floor_within_each_stage():
+    cfg = config_from_dict({"optim": {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 10,
+                                      "min_lr_ratio": 0.1}})
+    lrs = [stage_lr(cfg.optim, step, 110) for step in range(110)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # never rises after the warm-up
+    assert lrs[-1] == pytest.approx(1e-4) and lrs[59] == pytest.approx(5.5e-4, rel=0.02)
+    assert stage_lr(config_from_dict({}).optim, 50, 110) == config_from_dict({}).optim.lr  # paper: constant
 
 
 def test_a_preset_replaces_its_base_fields_whole(tmp_path):

@@ -28,6 +28,7 @@ from sgvla.errors import SgvlaError
 from sgvla.tasks import SUBTASKS
 
 SCHEDULES = ("progressive", "naive")
+LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 STRATEGIES = ("ddp", "fsdp")
 
@@ -76,9 +77,15 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    """Adam with a constant learning rate (paper, section 6.1)."""
+    """Adam; the paper's learning rate is constant (section 6.1), the default here."""
 
     lr: float = 2e-5
+    #: "constant" (paper) or "cosine": within each stage, linear warm-up over `warmup_steps`, then a
+    #: half cosine down to `lr * min_lr_ratio` at the stage's last step. Short CPU-scale runs need the
+    #: decay: at a constant rate their weights end wherever the last noisy steps left them.
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
@@ -328,8 +335,12 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
                          "set stage1.epochs=0 and give its epochs to stage2")
     if cfg.stage1.epochs + cfg.stage2.epochs + cfg.stage3.epochs == 0:
         raise SgvlaError(f"{where}: every stage has 0 epochs: set stage2.epochs (and stage1/stage3)")
-    if cfg.optim.lr <= 0 or len(cfg.optim.betas) != 2:
+    o = cfg.optim
+    if o.lr <= 0 or len(o.betas) != 2:
         raise SgvlaError(f"{where}: optim.lr must be > 0 and optim.betas two numbers")
+    if o.lr_schedule not in LR_SCHEDULES or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1:
+        raise SgvlaError(f"{where}: optim.lr_schedule must be one of {LR_SCHEDULES} (got {o.lr_schedule!r}), "
+                         "optim.warmup_steps >= 0 and optim.min_lr_ratio in [0, 1]")
     if cfg.data.loader_workers < 0:
         raise SgvlaError(f"{where}: data.loader_workers must be >= 0")
     subs = cfg.data.subtasks

@@ -42,7 +42,7 @@ from sgvla.train.checkpoint import (
 from sgvla.train.config import TrainConfig, batch_plan, config_from_dict
 from sgvla.train.metrics import MetricsLogger
 from sgvla.train.sampler import ResumableDistributedSampler, epoch_seed
-from sgvla.train.stages import Stage, plan_stages
+from sgvla.train.stages import Stage, plan_stages, stage_lr
 
 FINAL_MODEL_DIR = "model"
 STAGES_DIR = "stages"
@@ -311,6 +311,8 @@ class Worker:
             while s.step_in_epoch < per_epoch and s.stage_step < total:
                 t0 = time.perf_counter()
                 batches = [next(it) for _ in range(self.accum)]
+                for group in self.optimizer.param_groups:
+                    group["lr"] = stage_lr(cfg.optim, s.stage_step, total)
                 try:
                     values = train_step(wrapped, batches, self.optimizer, losses, cfg, env.device)
                 except NonFiniteLoss as e:

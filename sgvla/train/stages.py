@@ -13,10 +13,11 @@ stage 3 needs a model with a flow expert. How a stage is applied to a model (det
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sgvla.errors import SgvlaError
-from sgvla.train.config import TrainConfig
+from sgvla.train.config import OptimSection, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,16 @@ def plan_stages(cfg: TrainConfig, has_flow_expert: bool) -> list[Stage]:
         if sec.epochs > 0:
             out.append(Stage(index=len(out), name=name, epochs=sec.epochs, max_steps=sec.max_steps))
     return out
+
+
+def stage_lr(optim: OptimSection, step: int, total: int) -> float:
+    """Learning rate of a stage's `step`-th optimizer step (0-based) out of `total`. A function of the
+    position alone, so a resumed run continues the same curve with no scheduler state to save."""
+    if optim.lr_schedule == "constant":
+        return optim.lr
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    span = max(1, total - optim.warmup_steps - 1)
+    done = min(1.0, (step - optim.warmup_steps) / span)
+    low = optim.lr * optim.min_lr_ratio
+    return low + (optim.lr - low) * 0.5 * (1 + math.cos(math.pi * done))
