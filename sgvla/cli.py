@@ -169,6 +169,22 @@ def push_dataset(
     _push(path, repo_id=repo_id, private=private, revision=revision, dry_run=dry_run)
 
 
+@command("push-model")
+def push_model(
+    run: Path = typer.Argument(..., help="Training run folder (the --output of `sgvla train`)."),
+    repo_id: str = typer.Option(..., help="Hub model repo, USER/NAME."),
+    results: list[Path] = typer.Option([], help="An `sgvla eval` output folder of this model, for the card's "
+                                                "results table (repeatable)."),
+    private: bool = typer.Option(False),
+    revision: str | None = typer.Option(None, help="Branch to push to."),
+    dry_run: bool = typer.Option(False, help="Write the card and list what would be uploaded."),
+) -> None:
+    """Upload a run's final model with a model card (config, data, attached val results) to the Hub."""
+    from sgvla.train.publish import push_model as _push
+
+    _push(run, repo_id=repo_id, results=results, private=private, revision=revision, dry_run=dry_run)
+
+
 @command("train")
 def train(
     config: Path = typer.Option(..., help="Experiment YAML (see configs/)."),
