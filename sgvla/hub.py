@@ -13,8 +13,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from huggingface_hub.utils import filter_repo_objects
-
 from sgvla.errors import SgvlaError
 from sgvla.waits import reach_within
 
@@ -27,6 +25,12 @@ def is_repo_id(text: str | None) -> bool:
     return bool(_REPO_ID.match(text or ""))
 
 
+def names_hub_repo(spec: str) -> bool:
+    """`spec` is meant as a Hub repo id: it has that form, and is no local path (not even a mistyped
+    one inside an existing folder, which must get the local 'no such folder' error, not a Hub lookup)."""
+    return is_repo_id(spec) and not Path(spec).exists() and not Path(Path(spec).parts[0]).exists()
+
+
 def check_repo_id(repo_id: str | None) -> str:
     if not is_repo_id(repo_id):
         raise SgvlaError(f"--repo-id {repo_id!r} is not USER/NAME (letters, digits, '-', '_', '.')")
@@ -35,6 +39,8 @@ def check_repo_id(repo_id: str | None) -> str:
 
 def upload_plan(root: Path, ignore_patterns: list[str]) -> list[tuple[str, int]]:
     """(path in repo, bytes) of every file the upload sends, in a stable order."""
+    from huggingface_hub.utils import filter_repo_objects
+
     root = Path(root)
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     kept = filter_repo_objects(files, ignore_patterns=ignore_patterns)
@@ -120,3 +126,19 @@ def hub_url(repo_id: str, repo_type: str, revision: str | None = None) -> str:
 
     prefix = "datasets/" if repo_type == "dataset" else ""
     return f"{constants.ENDPOINT}/{prefix}{repo_id}" + (f"/tree/{revision}" if revision else "")
+
+
+def model_snapshot(repo_id: str) -> Path:
+    """The local folder of a Hub model repo: the cached snapshot (offline too), downloaded if needed."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        with reach_within(f"the Hugging Face Hub at {constants.ENDPOINT} for --model {repo_id!r}",
+                          "check the repo id and the network, or pass a local model folder"):
+            return Path(snapshot_download(repo_id, repo_type="model"))
+    except SgvlaError:
+        raise
+    except Exception as e:  # not cached while offline, missing repo, no access: all the user's to fix
+        raise SgvlaError(f"--model {repo_id!r} is no local folder and cannot be read from the Hugging Face Hub "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): check the path, "
+                         "or the repo id, your login (HF_TOKEN), the network or the local Hub cache") from None

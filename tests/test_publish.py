@@ -108,7 +108,7 @@ def test_upload_sends_the_model_folder_to_a_model_repo(run, monkeypatch):
 
 def test_from_pretrained_by_hub_id_loads_the_pushed_folder(run, tmp_path):
     """The folder push-model uploads, laid out in a Hub cache as a download leaves it, loads by id
-    offline and gives the same actions as the folder itself."""
+    offline (model and eval's checkpoint resolution) with the same weights as the folder itself."""
     push_model(run, REPO, dry_run=True)
     cache = tmp_path / "hub"
     repo = cache / ("models--" + REPO.replace("/", "--"))
@@ -124,6 +124,15 @@ b = SGVLAForActionPrediction.from_pretrained({str(run / "model")!r})
 sa, sb = a.state_dict(), b.state_dict()
 assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 assert a.processor.tokenizer.vocab_size == b.processor.tokenizer.vocab_size
+from sgvla.errors import SgvlaError
+from sgvla.eval.policies import resolve_checkpoint
+assert resolve_checkpoint({REPO!r}).name == {commit!r}  # what `sgvla eval --model USER/NAME` loads
+try:
+    resolve_checkpoint("someone/not-cached")
+except SgvlaError as e:
+    assert "cannot be read from the Hugging Face Hub" in str(e), e
+else:
+    raise AssertionError("an uncached repo id while offline must be an SgvlaError")
 print("same")
 """
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

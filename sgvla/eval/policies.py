@@ -162,7 +162,12 @@ class ModelPolicy:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A `save_pretrained` folder, or a training run folder holding one under `model/`."""
+    """A `save_pretrained` folder, a training run folder holding one under `model/`, or a Hub model
+    repo id (its cached snapshot, downloaded once; each worker resolves it on its own node)."""
+    from sgvla.hub import model_snapshot, names_hub_repo
+
+    if names_hub_repo(str(path)):
+        path = model_snapshot(str(path))
     path = Path(path)
     for cand in (path, path / "model"):
         if (cand / "config.json").is_file():

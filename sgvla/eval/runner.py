@@ -17,6 +17,7 @@ from tqdm import tqdm
 from sgvla.errors import SgvlaError
 from sgvla.eval.policies import REPLAY_PREFIX, first_demo_actions, is_reference
 from sgvla.eval.report import aggregate, markdown_table, write_results
+from sgvla.hub import names_hub_repo
 from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, split_seeds, subtasks_for
 
@@ -84,9 +85,9 @@ def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path,
     if model.startswith(REPLAY_PREFIX):
         for sub in subs:  # fail before any worker starts, naming the missing file
             first_demo_actions(Path(model[len(REPLAY_PREFIX):]), sub)
-    elif not is_reference(model) and not Path(model).exists():
-        raise SgvlaError(f"--model {model}: no such checkpoint or run folder (or use 'expert', 'random' or "
-                         "'replay:DEMOS')")
+    elif not is_reference(model) and not Path(model).exists() and not names_hub_repo(model):
+        raise SgvlaError(f"--model {model}: no such checkpoint or run folder, nor a Hub repo id USER/NAME (or "
+                         "use 'expert', 'random' or 'replay:DEMOS')")
     if task != BUILTIN_TASK:
         from sgvla.eval.mshab_env import require_mshab
 

@@ -17,7 +17,7 @@ from sgvla.dataset.atomic import write_text_atomic
 from sgvla.dataset.card import ARXIV, CITATION
 from sgvla.dataset.layout import fmt_bytes
 from sgvla.errors import SgvlaError, load_json
-from sgvla.hub import HIDDEN, check_repo_id, hub_url, is_repo_id, push_folder, upload_plan
+from sgvla.hub import HIDDEN, check_repo_id, hub_url, names_hub_repo, push_folder, upload_plan
 from sgvla.tasks import SUBTASKS
 from sgvla.train.loop import FINAL_MODEL_DIR
 from sgvla.train.metrics import read_metrics
@@ -97,7 +97,7 @@ def results_table(results: list[dict]) -> str:
 
 def _dataset_name(dataset: str) -> str:
     """The run's dataset as the card may show it: a Hub id as is, a local folder by its name only."""
-    return dataset if is_repo_id(dataset) and not Path(dataset).exists() else Path(dataset).name
+    return dataset if names_hub_repo(dataset) else Path(dataset).name
 
 
 def render_model_card(run: Path, repo_id: str, results: list[dict]) -> str:
@@ -109,7 +109,7 @@ def render_model_card(run: Path, repo_id: str, results: list[dict]) -> str:
     dataset = _dataset_name(str(info.get("dataset", "")))
     meta = {"library_name": "sgvla", "license": "apache-2.0", "pipeline_tag": "robotics",
             "tags": ["robotics", "vla", "mobile-manipulation", "maniskill", "sgvla"]}
-    if is_repo_id(dataset):
+    if names_hub_repo(dataset):
         meta["datasets"] = [dataset]
     front = yaml.safe_dump(meta, sort_keys=False).strip()
     steps = (read_metrics(run) or [{}])[-1]
