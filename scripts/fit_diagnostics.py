@@ -47,7 +47,7 @@ def tokens(args) -> None:
             logits = F.linear(hidden[0, :-1][keep], model.llm.lm_head.weight[tok.begin:tok.end]).float()
             logits, truth = logits[:c.action_dim], target[keep][:c.action_dim] - tok.begin
             prompt = torch.tensor([model.processor.prompt_ids(sample["instruction"])])
-            decoded = model.decode_action_tokens(batch["pixel_values"], prompt)[0] - tok.begin
+            decoded = model.decode_action_tokens(batch["pixel_values"], prompt)[0, :c.action_dim] - tok.begin
         ce += F.cross_entropy(logits, truth, reduction="none").numpy()
         teacher += (logits.argmax(-1) == truth).numpy()
         greedy += (decoded == truth).numpy()

@@ -323,6 +323,27 @@ def test_cached_decoding_equals_uncached_and_generate():
     assert model.action_tokenizer.is_action(cached).all()
 
 
+def test_token_chunks_encode_the_next_actions_and_execute_them_all():
+    """token_chunk=K: the answer is the first K actions of the sample's chunk (K x 13 tokens, then the
+    end tokens); greedy decoding emits K x 13 action tokens and predict_action executes all K."""
+    model = tiny(views=["head_rgb"], token_chunk=3, text_config={"initializer_range": 0.2}).eval()
+    proc = model.processor
+    sample = make_sample(model.config, 1)
+    batch = proc.collate([sample])
+    n_prompt = len(proc.prompt_ids(sample["instruction"]))
+    labels = batch["labels"][0]
+    answer = labels[n_prompt: n_prompt + 39]
+    assert torch.equal(answer, proc.action_tokenizer.encode(sample["action_chunk"][:3]).reshape(-1))
+    assert proc.tokenizer.decode(labels[n_prompt + 39: n_prompt + 41]) == "<|im_end|><|endoftext|>"
+    ids = torch.tensor([proc.prompt_ids("pick up the bowl")])
+    decoded = model.decode_action_tokens(batch["pixel_values"], ids)
+    assert decoded.shape == (1, 39) and torch.equal(decoded, model.generate_action_tokens(batch["pixel_values"], ids))
+    pred = model.predict_action(observation(1), "pick up the bowl", mode="tokens")
+    assert pred.chunk.shape == (3, 13) and np.array_equal(pred.execute, pred.chunk)
+    with pytest.raises(SgvlaError, match="token_chunk"):
+        tiny(views=["head_rgb"], token_chunk=9)  # more than the pipeline's chunk_size (8)
+
+
 def test_predict_action_modes_and_unnormalisation():
     model = tiny(views=["head_rgb", "hand_depth"], history=2).eval()
     obs = observation(1)

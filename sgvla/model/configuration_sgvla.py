@@ -86,6 +86,9 @@ class SGVLAConfig(PreTrainedConfig):
     Actions: `action_dim` dims, each discretised into `n_action_bins` bins on [-1, 1] and mapped to
     the token ids `action_token_begin ...+n_action_bins-1` (the tokenizer's `<|extra_i|>`; set
     from the tokenizer when the model is built, then saved with the checkpoint).
+    `token_chunk` K: the action tokens encode the next K actions (K x `action_dim` tokens), all K
+    executed before the next query; 1 (default) is the paper's single-step tokens (OpenVLA/MiniVLA),
+    K > 1 MiniVLA's action chunking in token space.
     Flow expert: `use_flow_expert`, `chunk_size` H, `flow_steps` Euler steps, `execute_steps` of the
     chunk run open-loop; expert width `expert_hidden_size` with the LLM's depth and head geometry.
     Auxiliary decoders: `aux_decoders` (subset of `AUX_NAMES`), `aux_weights`, `aux_detach` (decoders
@@ -111,6 +114,7 @@ class SGVLAConfig(PreTrainedConfig):
     action_dim: int = 13
     n_action_bins: int = 255  # odd: 0 is a bin centre, so "hold still" decodes to exactly 0
     action_token_begin: int | None = None
+    token_chunk: int = 1
     chunk_size: int = 8
     flow_steps: int = 10
     execute_steps: int = 2
@@ -182,6 +186,9 @@ class SGVLAConfig(PreTrainedConfig):
         if self.siglip_config.image_size != self.image_size:
             raise SgvlaError(f"siglip_config.image_size={self.siglip_config.image_size} differs from "
                              f"image_size={self.image_size}: use a SigLIP tower made for {self.image_size} px")
+        if not 1 <= self.token_chunk <= self.chunk_size:
+            raise SgvlaError(f"config token_chunk={self.token_chunk} must be in 1..chunk_size ({self.chunk_size}): "
+                             "the data pipeline provides chunk_size future actions")
         if self.execute_steps < 1 or self.execute_steps > self.chunk_size:
             raise SgvlaError(f"config execute_steps={self.execute_steps} must be in 1..chunk_size "
                              f"({self.chunk_size})")
@@ -196,6 +203,11 @@ class SGVLAConfig(PreTrainedConfig):
                              f"vocabulary of {self.text_config.vocab_size} rows: resize the embeddings")
 
     # -- derived sizes ----------------------------------------------------------------------
+    @property
+    def n_action_tokens(self) -> int:
+        """Action tokens in one answer (K actions of `action_dim` tokens)."""
+        return self.token_chunk * self.action_dim
+
     @property
     def n_frames(self) -> int:
         return self.history + 1

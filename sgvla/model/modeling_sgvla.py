@@ -370,17 +370,18 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
     @torch.no_grad()
     def decode_action_tokens(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
                              return_logits: bool = False):
-        """Greedy decoding of `action_dim` action tokens for prompts of equal length (B, L): the prefix
-        runs once and each new token costs one single-token step on the KV cache."""
+        """Greedy decoding of the answer's action tokens (B, token_chunk x action_dim) for prompts of
+        equal length (B, L): the prefix runs once and each new token costs one step on the KV cache."""
         embeds = self._inference_inputs(pixel_values, input_ids)
         embed = self.llm.get_input_embeddings()
         out = self.llm.model(inputs_embeds=embeds, use_cache=True)
         ids, logits = [], []
-        for i in range(self.config.action_dim):
+        n = self.config.n_action_tokens
+        for i in range(n):
             nxt, lg = self._best_action_token(out.last_hidden_state[:, -1])
             ids.append(nxt)
             logits.append(lg)
-            if i + 1 < self.config.action_dim:
+            if i + 1 < n:
                 out = self.llm.model(inputs_embeds=embed(nxt).unsqueeze(1), past_key_values=out.past_key_values,
                                      use_cache=True)
         ids_t = torch.stack(ids, dim=1)
@@ -392,10 +393,10 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         embeds = self._inference_inputs(pixel_values, input_ids)
         tok = self.action_tokenizer
         attn = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=self.config.action_dim,
-                                 min_new_tokens=self.config.action_dim, do_sample=False,
-                                 logits_processor=[ActionTokensOnly(tok.begin, tok.end)],
-                                 pad_token_id=self.processor.pad_id)[:, -self.config.action_dim:]
+        n = self.config.n_action_tokens
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False, logits_processor=[ActionTokensOnly(tok.begin, tok.end)],
+                                 pad_token_id=self.processor.pad_id)[:, -n:]
 
     @torch.no_grad()
     def sample_action_chunk(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
@@ -443,8 +444,9 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         pixels = {k: v.unsqueeze(0).to(device) for k, v in self.processor.observation_pixels(observation).items()}
         ids = torch.tensor([self.processor.prompt_ids(instruction)], device=device)
         if chosen == "tokens":
-            norm = self.action_tokenizer.decode(self.decode_action_tokens(pixels, ids).cpu())[0:1]
-            n_exec = 1
+            ids = self.decode_action_tokens(pixels, ids).cpu().reshape(self.config.token_chunk, -1)
+            norm = self.action_tokenizer.decode(ids)
+            n_exec = self.config.token_chunk
         else:
             norm = self.sample_action_chunk(pixels, ids, generator=generator)[0].cpu().clamp(-1.0, 1.0)
             n_exec = self.config.execute_steps

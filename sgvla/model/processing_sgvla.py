@@ -101,12 +101,22 @@ class SGVLAProcessor:
         return self.tokenizer(self.prompt(instruction), add_special_tokens=False)["input_ids"]
 
     def answer_ids(self, action: Any) -> list[int]:
-        """Normalised action (action_dim,) -> action token ids + the two end tokens."""
+        """Normalised actions ((token_chunk,) action_dim) -> action token ids + the two end tokens."""
         a = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(-1)
-        if a.numel() != self.config.action_dim:
-            raise SgvlaError(f"sample action has {a.numel()} values but the model predicts "
-                             f"{self.config.action_dim}")
+        if a.numel() != self.config.n_action_tokens:
+            raise SgvlaError(f"sample answer has {a.numel()} values but the model predicts "
+                             f"{self.config.token_chunk} x {self.config.action_dim}")
         return self.action_tokenizer.encode(a).tolist() + self.end_ids
+
+    def answer_actions(self, sample: Mapping[str, Any]) -> Any:
+        """What a sample's answer encodes: its action, or the first `token_chunk` of its chunk."""
+        k = self.config.token_chunk
+        if k == 1:
+            return sample["action"]
+        if "action_chunk" not in sample:
+            raise SgvlaError(f"token_chunk={k} needs the sample's action_chunk (the data pipeline's chunk_size "
+                             "future actions)")
+        return np.asarray(sample["action_chunk"])[:k]
 
     # -- batching ----------------------------------------------------------------------------
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -127,7 +137,7 @@ class SGVLAProcessor:
                                  "instruction and a normalised action")
         ids, labels = [], []
         for s in samples:
-            p, a = self.prompt_ids(s["instruction"]), self.answer_ids(s["action"])
+            p, a = self.prompt_ids(s["instruction"]), self.answer_ids(self.answer_actions(s))
             ids.append(p + a)
             labels.append([IGNORE_INDEX] * len(p) + a)
         try:
@@ -234,6 +244,7 @@ ACTION_DECODING_FILE = "action_decoding.json"
 def action_decoding(config) -> dict:
     stats = config.action_stats or {}
     return {"action_dim": config.action_dim, "n_action_bins": config.n_action_bins,
+            "token_chunk": config.token_chunk,
             "action_token_begin": config.action_token_begin,
             "action_q01": stats.get("q01"), "action_q99": stats.get("q99")}
 
