@@ -76,6 +76,62 @@ def command(*args, **kwargs):
     return deco
 
 
+# -- job files: every option of gen/eval from one YAML file -----------------------------------
+JOB_HELP = ("YAML job file: any option of this command under its name with underscores (e.g. "
+            "`ray_address: auto`); flags on the command line win over it.")
+SET_HELP = "name=value over the job file (repeatable), e.g. --set episodes=30."
+
+
+def _job_defaults(ctx: typer.Context) -> None:
+    """Click's default_map makes the job file's values the options' defaults, so flags given on the
+    command line still win and required options may come from the file."""
+    job = ctx.meta.setdefault("sgvla_job", {"file": {}, "sets": {}})
+    values = {**job["file"], **job["sets"]}
+    known = {p.name for p in ctx.command.params} - {"job", "set_"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise typer.BadParameter(f"unknown field(s) {unknown}; the fields are this command's options: "
+                                 f"{', '.join(sorted(known))}")
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+
+
+def _read_job_file(ctx: typer.Context, param, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise typer.BadParameter(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} must be a mapping of option names to values")
+    ctx.meta.setdefault("sgvla_job", {"file": {}, "sets": {}})["file"] = {k.replace("-", "_"): v
+                                                                        for k, v in data.items()}
+    _job_defaults(ctx)
+    return path
+
+
+def _read_sets(ctx: typer.Context, param, items: list[str]) -> list[str]:
+    sets = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r} is not name=value")
+        sets[name.strip().replace("-", "_")] = value
+    ctx.meta.setdefault("sgvla_job", {"file": {}, "sets": {}})["sets"] = sets
+    _job_defaults(ctx)
+    return items
+
+
+def job_file_option():
+    return typer.Option(None, "--config", help=JOB_HELP, is_eager=True, callback=_read_job_file)
+
+
+def set_option():
+    return typer.Option([], "--set", help=SET_HELP, is_eager=True, callback=_read_sets)
+
+
 @command("demos")
 def demos(
     task: str = typer.Option("mini_kitchen", help="Task: only the built-in 'mini_kitchen' has a scripted expert."),
@@ -107,8 +163,12 @@ def gen(
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster ('auto' for the local one)."),
     episodes_per_shard: int = typer.Option(8, help="Episodes per Parquet shard (one shard = one Ray task)."),
     overwrite: bool = typer.Option(False, help="Delete what --out holds and start over."),
+    job: Path | None = job_file_option(),
+    set_: list[str] = set_option(),
 ) -> None:
-    """Replay demonstrations in the simulator (Ray-parallel) and record a Hugging Face dataset."""
+    """Replay demonstrations in the simulator (Ray-parallel) and record a Hugging Face dataset.
+
+    Every option can come from a YAML job file (--config) and --set name=value."""
     from sgvla.datagen.pipeline import run_gen
 
     ok = run_gen(task=task, subtask=subtask, episodes=episodes, out=out, demos=demos, split=split,
@@ -229,8 +289,12 @@ def eval_(
     video: bool = typer.Option(False, help="Save MP4s of head and hand views."),
     max_steps: int | None = typer.Option(None, help="Shorter horizon than the env's (quick checks only)."),
     gpus_per_worker: float = typer.Option(0, help="GPUs per worker: the model runs there in bf16 (0 on CPU)."),
+    job: Path | None = job_file_option(),
+    set_: list[str] = set_option(),
 ) -> None:
-    """Roll a policy out closed-loop and report success rates per subtask."""
+    """Roll a policy out closed-loop and report success rates per subtask.
+
+    Every option can come from a YAML job file (--config) and --set name=value."""
     from sgvla.eval.runner import run_eval
 
     run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,

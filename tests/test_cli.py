@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from sgvla.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("demos", "gen", "validate", "info", "viz", "push-dataset", "train", "plot", "eval")
+COMMANDS = ("demos", "gen", "validate", "info", "viz", "push-dataset", "push-model", "train", "plot", "eval", "study",
+            "doctor")
 
 
 def test_help_lists_every_command():
@@ -78,3 +79,24 @@ def test_setup_is_idempotent_and_skips_when_installed():
     out = subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert ".venv up to date" in out.stdout
     assert "rendering driver: ok" in out.stdout
+
+
+def test_gen_and_eval_read_a_job_file_with_sets_and_flags_over_it(tmp_path):
+    """A cluster job is one YAML file of the command's options; --set overrides the file and a flag
+    on the command line overrides both (each value reaches the command: its own check names it)."""
+    job = tmp_path / "eval.yaml"
+    job.write_text(f"model: expert\nepisodes: 0\nout: {tmp_path / 'ev'}\n")
+    run = CliRunner().invoke
+    for extra, got in (([], "got 0"), (["--set", "episodes=-2"], "got -2"),
+                       (["--set", "episodes=-2", "--episodes", "-5"], "got -5")):
+        res = run(app, ["eval", "--config", str(job), *extra])
+        assert res.exit_code == 2 and got in res.output, (extra, res.output)
+    gen_job = tmp_path / "gen.yaml"
+    gen_job.write_text(f"task: nowhere\nout: {tmp_path / 'ds'}\n")  # gen's required options from the file
+    res = run(app, ["gen", "--config", str(gen_job)])
+    assert res.exit_code == 2 and "nowhere" in res.output, res.output
+    job.write_text("modle: expert\n")
+    res = run(app, ["eval", "--config", str(job)])
+    assert res.exit_code == 2 and "unknown field(s) ['modle']" in res.output and "ray_address" in res.output
+    res = run(app, ["eval", "--config", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "cannot read" in res.output
