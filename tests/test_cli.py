@@ -100,3 +100,16 @@ def test_gen_and_eval_read_a_job_file_with_sets_and_flags_over_it(tmp_path):
     assert res.exit_code == 2 and "unknown field(s) ['modle']" in res.output and "ray_address" in res.output
     res = run(app, ["eval", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "cannot read" in res.output
+
+
+def test_example_job_files_name_only_real_options():
+    import typer
+    import yaml
+
+    cli = typer.main.get_command(app)
+    files = sorted((ROOT / "configs" / "jobs").glob("*.yaml"))
+    assert files
+    for f in files:
+        command = cli.commands[f.name.split("_")[0]]
+        options = {p.name for p in command.params}
+        assert set(yaml.safe_load(f.read_text())) <= options, f
