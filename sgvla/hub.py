@@ -1,8 +1,8 @@
 """Uploading a folder to the Hugging Face Hub: the part `push-dataset` and `push-model` share.
 
 The folder is sent as it is with huggingface_hub's folder upload. Re-running the same command
-resumes: files the repo already holds are skipped (huggingface_hub >= 1.x with hf_xet compares
-remote object ids; older releases offer `upload_large_folder`, used when present). The token comes
+resumes: files the repo already holds are skipped (huggingface_hub >= 2 with hf_xet compares
+remote object ids). The token comes
 from the usual `hf auth login` store or HF_TOKEN and is never printed. Every failure a user can fix
 (no token, offline, unreachable, refused) is one SgvlaError line.
 """
@@ -90,10 +90,6 @@ def _upload(root: Path, repo_id: str, repo_type: str, private: bool, revision: s
         on_repo_ready()
     if revision:
         api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    if hasattr(api, "upload_large_folder"):  # huggingface_hub < 2: the resumable uploader
-        api.upload_large_folder(repo_id=repo_id, folder_path=root, repo_type=repo_type, revision=revision,
-                                private=private, ignore_patterns=ignore_patterns)
-        return
     api.upload_folder(repo_id=repo_id, folder_path=root, repo_type=repo_type, revision=revision,
                       ignore_patterns=ignore_patterns, commit_message=f"Upload sgvla {repo_type} ({root.name})")
 

@@ -11,14 +11,13 @@ import pytest
 import torch
 from datasets import Features
 
-from sgvla.dataset.schema import FEATURES, STATS_PATH
+from sgvla.dataset.schema import FEATURES, STATS_PATH, decode_png
 from sgvla.dataset.synthetic import write_synthetic_dataset
 from sgvla.dataset.torch_dataset import (
     PipelineSpec,
     SampleBuilder,
     SgvlaStreamingDataset,
     SgvlaTorchDataset,
-    decode_png,
     make_dataloader,
 )
 from sgvla.errors import SgvlaError

@@ -83,7 +83,7 @@ def test_stage3_changed_only_the_expert(run_a):
 
 
 def test_exported_model_loads_and_predicts(run_a, dataset):
-    from sgvla.dataset.torch_dataset import decode_png
+    from sgvla.dataset.schema import decode_png
     from sgvla.model import SGVLAForActionPrediction
 
     model = SGVLAForActionPrediction.from_pretrained(run_a / "model").eval()

@@ -53,7 +53,7 @@ from sgvla.dataset.schema import (
     RGB_FIELDS,
     STATS_PATH,
     VECTOR_FIELDS,
-    decode_png,  # noqa: F401 - re-exported: it lived here before moving next to the encoders
+    decode_png,
     pose_present,
 )
 from sgvla.dataset.stats import load_stats, require_action_stats
@@ -563,6 +563,6 @@ class SgvlaStreamingDataset(IterableDataset):
         yield from buf
 
 
-__all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader", "decode_png",
+__all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader",
            "views_to_pixels", "aux_validity", "VIEW_ORDER",
            "PIXEL_FORMATS", "unit_to_towers", "views_to_unit16", "tune_worker_process"]

@@ -60,9 +60,12 @@ class TrainerState:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainerState:
-        """Unknown keys are ignored, so states written by older versions (e.g. with world_size) load."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SgvlaError(f"trainer state has unknown field(s) {unknown}: it was not written by this version "
+                             "of sgvla train; start a new run (--output elsewhere)")
+        return cls(**data)
 
 
 def checkpoint_name(global_step: int) -> str:
