@@ -17,12 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def _module_ray(ray_cluster):
     yield
-    ray.shutdown()
 
 
 def test_expert_succeeds_random_fails_and_reruns_repeat(tmp_path):

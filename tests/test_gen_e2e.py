@@ -25,15 +25,6 @@ TASK = "mini_kitchen"
 EPISODES = 2
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _gen(out: Path, **kw) -> bool:
     args = dict(task=TASK, subtask="all", episodes=EPISODES, out=out, demos=None, split="train", workers=2,
                 ray_address=None, episodes_per_shard=1, overwrite=False)
