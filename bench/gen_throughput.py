@@ -29,10 +29,10 @@ from pathlib import Path
 
 def warm_up(h5: Path, subtask: str) -> None:
     """Pay the one-off costs (imports, renderer start) before timing, so neither side carries them."""
-    from sgvla.datagen.replay import make_env
+    from sgvla.datagen.replay import make_replay_env
     from sgvla.datagen.sources import read_demo_file
 
-    env = make_env("mini_kitchen", read_demo_file(h5, subtask), num_envs=1, sim_backend="physx_cpu")
+    env = make_replay_env("mini_kitchen", read_demo_file(h5, subtask), num_envs=1, sim_backend="physx_cpu")
     env.reset(seed=0)
     env.close()
 

@@ -58,7 +58,7 @@ def target_pose(env, target):
     return target.pose
 
 
-def _np(x) -> np.ndarray:
+def to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
@@ -88,22 +88,22 @@ def read_labels(env, obs: dict, info: dict, target) -> FrameLabels:
     """Images from `obs` (rendered with rgb+depth+segmentation) plus state labels read now."""
     u = env.unwrapped
     agent = u.agent
-    ids = _np(target.per_scene_id).reshape(-1, 1, 1)
+    ids = to_numpy(target.per_scene_id).reshape(-1, 1, 1)
     rgb, depth, mask = {}, {}, {}
     for cam, uid in CAMERA_UIDS.items():
         data = obs["sensor_data"][uid]
-        rgb[cam] = _np(data["rgb"])
-        depth[cam] = _np(data["depth"])[..., 0]
-        mask[cam] = _np(data["segmentation"])[..., 0] == ids
+        rgb[cam] = to_numpy(data["rgb"])
+        depth[cam] = to_numpy(data["depth"])[..., 0]
+        mask[cam] = to_numpy(data["segmentation"])[..., 0] == ids
     base = agent.base_link.pose
     obj = target_pose(env, target)
     return FrameLabels(
         rgb=rgb,
         depth=depth,
         mask=mask,
-        qpos=_np(agent.robot.get_qpos())[:, BASE_DOF:].astype(np.float32),
-        base_pose=_np(base.raw_pose).astype(np.float32),
-        obj_pose_world=_np(obj.raw_pose).astype(np.float32),
-        obj_pose=_np((base.inv() * obj).raw_pose).astype(np.float32),
-        is_grasped=_np(is_grasped(env, info, target)).astype(bool),
+        qpos=to_numpy(agent.robot.get_qpos())[:, BASE_DOF:].astype(np.float32),
+        base_pose=to_numpy(base.raw_pose).astype(np.float32),
+        obj_pose_world=to_numpy(obj.raw_pose).astype(np.float32),
+        obj_pose=to_numpy((base.inv() * obj).raw_pose).astype(np.float32),
+        is_grasped=to_numpy(is_grasped(env, info, target)).astype(bool),
     )

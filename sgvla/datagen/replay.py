@@ -32,7 +32,7 @@ import torch
 
 from sgvla.datagen import mshab as mshab_path
 from sgvla.datagen.drift import DriftCheck, DriftTolerance
-from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, _np, read_labels, resolve_target
+from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, read_labels, resolve_target, to_numpy
 from sgvla.datagen.plan import PlannedEpisode
 from sgvla.datagen.sources import DemoEpisode, DemoFile, EpisodeArrays, read_episode
 from sgvla.dataset.schema import FPS, encode_depth, encode_mask, encode_rgb, source_name
@@ -43,7 +43,7 @@ MAX_CACHED_ENVS = 2
 
 
 @dataclass
-class EpisodeResult:
+class ReplayedEpisode:
     """What replaying one planned episode gave: its rows, or why it was dropped."""
 
     episode: PlannedEpisode
@@ -62,9 +62,9 @@ class EpisodeResult:
                 "max_drift": {k: round(v, 6) for k, v in sorted(self.drift.items())}}
 
 
-def make_env(task: str, demo: DemoFile, num_envs: int, sim_backend: str):
+def make_replay_env(task: str, demo: DemoFile, num_envs: int, sim_backend: str):
     """Rebuild the env a demo file was recorded in, rendering what the dataset records (both
-    Fetch cameras' RGB, depth and segmentation: `make_env`'s default observation mode)."""
+    Fetch cameras' RGB, depth and segmentation: `sgvla.envs.make_env`'s default observation mode)."""
     import mani_skill.envs  # noqa: F401  (registers ManiSkill's own envs)
 
     # Imported here, not at module level: `sgvla.envs` loads the simulator (and registers
@@ -100,7 +100,7 @@ def _states_close(live: dict, recorded: dict, atol: float = 1e-5) -> bool:
         if isinstance(rec, dict):
             if not isinstance(live[key], dict) or not _states_close(live[key], rec, atol):
                 return False
-        elif not np.allclose(_np(live[key]), _np(rec), atol=atol):
+        elif not np.allclose(to_numpy(live[key]), to_numpy(rec), atol=atol):
             return False
     return True
 
@@ -124,7 +124,7 @@ class _Batch:
 
     def check(self, step: int, lab: FrameLabels, obs: dict) -> None:
         extra = obs.get("extra", {}) if isinstance(obs, dict) else {}
-        extra = {k: _np(v) for k, v in extra.items() if isinstance(v, torch.Tensor)}  # one copy per step
+        extra = {k: to_numpy(v) for k, v in extra.items() if isinstance(v, torch.Tensor)}  # one copy per step
         for i, p in enumerate(self.planned):
             if step <= p.length and self.drift[i].violation is None:
                 self.drift[i].update(step, lab.qpos[i], {k: v[i] for k, v in extra.items()})
@@ -154,7 +154,7 @@ class _Batch:
             r["action"].append(self.arrays[i].labels[t].tolist())
 
     def add_step(self, t: int, reward, success) -> None:
-        reward, success = _np(reward).reshape(-1), _np(success).reshape(-1)
+        reward, success = to_numpy(reward).reshape(-1), to_numpy(success).reshape(-1)
         for i in self.live(t):
             self.rows[i]["reward"].append(float(reward[i]))
             self.rows[i]["success"].append(bool(success[i]))
@@ -168,7 +168,7 @@ class _Batch:
                 a[i] = arr.actions[t]
         return torch.from_numpy(a)
 
-    def results(self) -> list[EpisodeResult]:
+    def results(self) -> list[ReplayedEpisode]:
         out = []
         for i, p in enumerate(self.planned):
             d = self.drift[i]
@@ -178,7 +178,7 @@ class _Batch:
                 status, reason = "dropped", "replay did not reproduce the recorded success"
             else:
                 status, reason = "kept", ""
-            out.append(EpisodeResult(p, status, reason, dict(self.rows[i]) if status == "kept" else None,
+            out.append(ReplayedEpisode(p, status, reason, dict(self.rows[i]) if status == "kept" else None,
                                      dict(d.max_error), self.success[i]))
         return out
 
@@ -209,7 +209,7 @@ class Replayer:
             old_key, old = self._envs.popitem(last=False)
             self._loaded_bcis.pop(old_key, None)
             old.close()
-        env = make_env(self.task, demo, self.num_envs, self.sim_backend)
+        env = make_replay_env(self.task, demo, self.num_envs, self.sim_backend)
         self._envs[key] = env
         return env
 
@@ -218,7 +218,7 @@ class Replayer:
             env.close()
         self._envs.clear()
 
-    def replay(self, demo: DemoFile, episodes: list[PlannedEpisode], on_episode=None) -> list[EpisodeResult]:
+    def replay(self, demo: DemoFile, episodes: list[PlannedEpisode], on_episode=None) -> list[ReplayedEpisode]:
         """Replay `episodes` of `demo`; results in episode_index order, `on_episode` after each."""
         by_traj = {e.traj: e for e in demo.episodes}
         todo = list(episodes)
@@ -251,7 +251,7 @@ class Replayer:
         return env.reset(seed=seeds + [seeds[-1]] * (n - len(seeds)))
 
     def _replay_batch(self, demo: DemoFile, planned: list[PlannedEpisode],
-                      demo_eps: list[DemoEpisode]) -> list[EpisodeResult]:
+                      demo_eps: list[DemoEpisode]) -> list[ReplayedEpisode]:
         env = self.env_for(demo)
         u = env.unwrapped
         arrays = [read_episode(Path(p.source), p.traj) for p in planned]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sgvla.datagen.plan import ShardPlan, outcomes_path
-from sgvla.datagen.replay import EpisodeResult, Replayer
+from sgvla.datagen.replay import ReplayedEpisode, Replayer
 from sgvla.datagen.sources import DemoFile, read_demo_file
 from sgvla.dataset.atomic import write_json_atomic
 from sgvla.dataset.schema import FEATURES, STATS_FIELDS, VECTOR_FIELDS
@@ -30,7 +30,7 @@ def _demo(path: str, subtask: str) -> DemoFile:
     return read_demo_file(Path(path), subtask)
 
 
-def _columns(kept: list[EpisodeResult]) -> dict[str, list]:
+def _columns(kept: list[ReplayedEpisode]) -> dict[str, list]:
     cols: dict[str, list] = {}
     for r in kept:
         for k, v in r.rows.items():
@@ -38,7 +38,7 @@ def _columns(kept: list[EpisodeResult]) -> dict[str, list]:
     return cols
 
 
-def write_shard_files(root: Path, shard: ShardPlan, results: list[EpisodeResult]) -> int:
+def write_shard_files(root: Path, shard: ShardPlan, results: list[ReplayedEpisode]) -> int:
     """Outcomes -> stats -> Parquet for one shard (kept episodes only); returns its row count."""
     kept = [r for r in sorted(results, key=lambda r: r.episode.episode_index) if r.status == "kept"]
     cols = _columns(kept) if kept else {k: [] for k in FEATURES}
@@ -93,7 +93,7 @@ class SimWorker:
             self.board = ray.get_actor(self.board_name)
         done = {"frames": 0, "episodes": 0}
 
-        def report(result: EpisodeResult) -> None:
+        def report(result: ReplayedEpisode) -> None:
             done["frames"] += result.episode.length
             done["episodes"] += 1
             if self.board is not None:

@@ -155,7 +155,7 @@ def check_schema(shard: Shard, pf: pq.ParquetFile) -> list[str]:
 # ---------------------------------------------------------------- rows
 
 
-def _np(table: pa.Table, name: str) -> np.ndarray:
+def _column_values(table: pa.Table, name: str) -> np.ndarray:
     col = table.column(name)
     if pa.types.is_fixed_size_list(col.type):
         return np.asarray(col.combine_chunks().flatten()).reshape(len(col), col.type.list_size)
@@ -172,11 +172,11 @@ def _check_values(shard: Shard, t: pa.Table) -> list[str]:
         nulls = t.column(name).null_count
         if nulls:
             problems.append(f"{shard.path}: {nulls} null value(s) in {name!r}")
-    ids = _np(t, "index")
+    ids = _column_values(t, "index")
     if not len(ids):
         return problems  # a shard whose episodes were all dropped is empty, and valid
     for name in FLOAT_FIELDS:
-        x = _np(t, name)
+        x = _column_values(t, name)
         bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
         if bad.any():
             problems.append(f"{shard.path}: NaN/inf in {name!r}: {_first(bad, ids)}")
@@ -185,19 +185,19 @@ def _check_values(shard: Shard, t: pa.Table) -> list[str]:
 
 def _check_episode_rows(shard: Shard, config: str, t: pa.Table) -> list[str]:
     problems = []
-    ep, fr, ids = _np(t, "episode_index"), _np(t, "frame_index"), _np(t, "index")
+    ep, fr, ids = _column_values(t, "episode_index"), _column_values(t, "frame_index"), _column_values(t, "index")
     order = np.lexsort((fr, ep))
     if not np.array_equal(order, np.arange(len(ep))):
         problems.append(f"{shard.path}: rows are not sorted by (episode_index, frame_index)")
-    tasks = set(_np(t, "task").tolist())
+    tasks = set(_column_values(t, "task").tolist())
     if config in TASKS and tasks - {FEATURES["task"].str2int(config)}:  # unknown configs: check_layout
         names = sorted(FEATURES["task"].int2str(int(i)) for i in tasks)
         problems.append(f"{shard.path}: task column holds {names}, the config is {config!r}")
-    ts = _np(t, "timestamp")
+    ts = _column_values(t, "timestamp")
     bad_ts = np.abs(ts - fr / FPS) > 1e-3
     if bad_ts.any():
         problems.append(f"{shard.path}: timestamp != frame_index / {FPS}: {_first(bad_ts, ids)}")
-    sub = _np(t, "subtask")
+    sub = _column_values(t, "subtask")
     for e in np.unique(ep):
         sel = ep == e
         frames = np.sort(fr[sel])
@@ -218,11 +218,11 @@ def _check_episodes(config: str, split: str, group: list[tuple[Shard, pa.Table]]
     for shard, t in group:
         problems += _check_values(shard, t)
         problems += _check_episode_rows(shard, config, t)
-        for e in np.unique(_np(t, "episode_index")).tolist():
+        for e in np.unique(_column_values(t, "episode_index")).tolist():
             if e in owner:
                 problems.append(f"{shard.path}: episode {e} is split across shards (also in {owner[e]})")
             owner.setdefault(e, shard.path)
-        ids = _np(t, "index")
+        ids = _column_values(t, "index")
         if len(ids) and (ids[0] <= last_index or np.any(np.diff(ids) <= 0)):
             problems.append(f"{shard.path}: 'index' is not strictly increasing within {config}/{split}")
         last_index = int(ids[-1]) if len(ids) else last_index
@@ -300,7 +300,7 @@ def _check_shard_stats(root: Path, shards: list[Shard], tables: dict[Path, pa.Ta
 def _recompute(tables: list[pa.Table]) -> dict[str, np.ndarray]:
     out = {}
     for name in STATS_FIELDS:
-        x = np.concatenate([_np(t, name) for t in tables]).astype(np.float64)
+        x = np.concatenate([_column_values(t, name) for t in tables]).astype(np.float64)
         out[name] = x[pose_present(x)] if name == "obj_pose" else x
     return out
 

@@ -28,7 +28,7 @@ BODY_QPOS_IDX = (4, 6, 3)  # head_pan, head_tilt, torso_lift: the order of the b
 
 
 @dataclass
-class Stage:
+class Phase:
     """One phase of a scripted motion.
 
     `target(env)` gives the world pose for gripper_link (None: move the arm to REST in joint
@@ -76,7 +76,7 @@ class ScriptedExpert:
 
     def __init__(self, gain: float = 1.5):
         self.gain = gain
-        self.stages: list[Stage] = []
+        self.stages: list[Phase] = []
         self.k = 0
         self._ik: ArmIK | None = None
         self._robot = None
@@ -111,7 +111,7 @@ class ScriptedExpert:
         return self.stages[self.k].name if self.stages else ""
 
     # ---------------------------------------------------------------- stepping
-    def _target(self, u, stage: Stage) -> sapien.Pose | None:
+    def _target(self, u, stage: Phase) -> sapien.Pose | None:
         if stage.target is None:
             return None
         if stage.freeze:
@@ -120,7 +120,7 @@ class ScriptedExpert:
             return stage.frozen
         return stage.target(u)
 
-    def _stage_done(self, u, stage: Stage, qpos: np.ndarray) -> bool:
+    def _stage_done(self, u, stage: Phase, qpos: np.ndarray) -> bool:
         if stage.steps >= stage.max_steps:
             return True
         if stage.steps < stage.min_steps:
@@ -135,7 +135,7 @@ class ScriptedExpert:
                        and np.linalg.norm(rot_error(quat2mat(target.q), quat2mat(now.q))) < 0.1)
         return reached and (stage.done is None or stage.done(u))
 
-    def _joint_goal(self, u, stage: Stage, qpos: np.ndarray) -> np.ndarray:
+    def _joint_goal(self, u, stage: Phase, qpos: np.ndarray) -> np.ndarray:
         """Arm joints a joint-space stage moves to (REST, or an IK solution fixed at stage start)."""
         if stage.target is None:
             return REST_QPOS[list(ARM_QPOS_IDX)]
@@ -167,7 +167,7 @@ class ScriptedExpert:
     def _gripper_world(self, u, qpos) -> sapien.Pose:
         return u.agent.robot.pose.sp * self._ik.fk(qpos)
 
-    def _arm_goal(self, u, stage: Stage, qpos: np.ndarray) -> np.ndarray:
+    def _arm_goal(self, u, stage: Phase, qpos: np.ndarray) -> np.ndarray:
         """Joint positions one bounded step along the stage's path."""
         arm = qpos[list(ARM_QPOS_IDX)]
         target = self._target(u, stage)
@@ -222,17 +222,17 @@ class ScriptedExpert:
         p = np.array([obj.p[0], obj.p[1], bottom + spec.grasp_height + lift])
         return _pose(p, rot)
 
-    def _pick_stages(self, u) -> list[Stage]:
+    def _pick_stages(self, u) -> list[Phase]:
         grasped = lambda e: bool(e.target_grasped()[0])  # noqa: E731
         return [
-            Stage("pregrasp", GRIPPER_OPEN, lambda e: self._grasp_pose(e, 0.12), tol=0.015),
-            Stage("descend", GRIPPER_OPEN, lambda e: self._grasp_pose(e), tol=0.006, speed=0.02),
-            Stage("grasp", GRIPPER_CLOSED, lambda e: self._grasp_pose(e), tol=1.0, freeze=True,
+            Phase("pregrasp", GRIPPER_OPEN, lambda e: self._grasp_pose(e, 0.12), tol=0.015),
+            Phase("descend", GRIPPER_OPEN, lambda e: self._grasp_pose(e), tol=0.006, speed=0.02),
+            Phase("grasp", GRIPPER_CLOSED, lambda e: self._grasp_pose(e), tol=1.0, freeze=True,
                   min_steps=5, max_steps=12, done=grasped),
-            Stage("lift", GRIPPER_CLOSED, lambda e: _shifted(self._gripper_now(e), z=0.15), tol=0.03,
+            Phase("lift", GRIPPER_CLOSED, lambda e: _shifted(self._gripper_now(e), z=0.15), tol=0.03,
                   freeze=True),
-            Stage("rest", GRIPPER_CLOSED, None, max_steps=80),
-            Stage("hold", GRIPPER_CLOSED, None, max_steps=10**9),
+            Phase("rest", GRIPPER_CLOSED, None, max_steps=80),
+            Phase("hold", GRIPPER_CLOSED, None, max_steps=10**9),
         ]
 
     def _place_goal_pose(self, u, lift: float) -> sapien.Pose:
@@ -248,17 +248,17 @@ class ScriptedExpert:
         goal = np.asarray(u.goal_xyz, dtype=np.float64) + [0, 0, lift]
         return _pose(goal, upright) * obj_in_grip.inv()
 
-    def _place_stages(self, u) -> list[Stage]:
+    def _place_stages(self, u) -> list[Phase]:
         released = lambda e: not bool(e.target_grasped()[0])  # noqa: E731
         return [
-            Stage("above", GRIPPER_CLOSED, lambda e: self._place_goal_pose(e, 0.10), tol=0.015),
-            Stage("lower", GRIPPER_CLOSED, lambda e: self._place_goal_pose(e, 0.01), tol=0.006, speed=0.02),
-            Stage("release", GRIPPER_OPEN, lambda e: self._gripper_now(e), tol=1.0, freeze=True,
+            Phase("above", GRIPPER_CLOSED, lambda e: self._place_goal_pose(e, 0.10), tol=0.015),
+            Phase("lower", GRIPPER_CLOSED, lambda e: self._place_goal_pose(e, 0.01), tol=0.006, speed=0.02),
+            Phase("release", GRIPPER_OPEN, lambda e: self._gripper_now(e), tol=1.0, freeze=True,
                   min_steps=6, max_steps=12, done=released),
-            Stage("retreat", GRIPPER_OPEN, lambda e: _shifted(self._gripper_now(e), z=0.12), tol=0.03,
+            Phase("retreat", GRIPPER_OPEN, lambda e: _shifted(self._gripper_now(e), z=0.12), tol=0.03,
                   freeze=True),
-            Stage("rest", GRIPPER_OPEN, None, max_steps=80),
-            Stage("hold", GRIPPER_OPEN, None, max_steps=10**9),
+            Phase("rest", GRIPPER_OPEN, None, max_steps=80),
+            Phase("hold", GRIPPER_OPEN, None, max_steps=10**9),
         ]
 
     def _handle_pose(self, u, lift: float = 0.0, frac: float | None = None) -> sapien.Pose:
@@ -268,27 +268,27 @@ class ScriptedExpert:
         rot = self._top_down(u, np.array([1.0, 0.0, 0.0]), 2)
         return _pose(np.asarray(p, dtype=np.float64) + [0, 0, lift], rot)
 
-    def _drawer_stages(self, u, frac_goal: float, done) -> list[Stage]:
+    def _drawer_stages(self, u, frac_goal: float, done) -> list[Phase]:
         """Grip the handle from above, slide the drawer to `frac_goal`, let go, rest."""
         overshoot = 0.02 * np.sign(frac_goal - float(u.drawer_fraction()[0]))
         return [
-            Stage("above", GRIPPER_OPEN, lambda e: self._handle_pose(e, 0.10), tol=0.015, joint=True),
-            Stage("descend", GRIPPER_OPEN, lambda e: self._handle_pose(e), tol=0.006, speed=0.02),
-            Stage("grip", GRIPPER_CLOSED, lambda e: self._handle_pose(e), tol=1.0, freeze=True,
+            Phase("above", GRIPPER_OPEN, lambda e: self._handle_pose(e, 0.10), tol=0.015, joint=True),
+            Phase("descend", GRIPPER_OPEN, lambda e: self._handle_pose(e), tol=0.006, speed=0.02),
+            Phase("grip", GRIPPER_CLOSED, lambda e: self._handle_pose(e), tol=1.0, freeze=True,
                   min_steps=5, max_steps=6),
-            Stage("slide", GRIPPER_CLOSED, lambda e: self._handle_pose(e, frac=frac_goal + overshoot / S.DRAWER_RANGE),
+            Phase("slide", GRIPPER_CLOSED, lambda e: self._handle_pose(e, frac=frac_goal + overshoot / S.DRAWER_RANGE),
                   tol=0.02, speed=0.02, max_steps=40, done=done),
-            Stage("release", GRIPPER_OPEN, lambda e: self._gripper_now(e), tol=1.0, freeze=True,
+            Phase("release", GRIPPER_OPEN, lambda e: self._gripper_now(e), tol=1.0, freeze=True,
                   min_steps=4, max_steps=5),
-            Stage("up", GRIPPER_OPEN, lambda e: _shifted(self._gripper_now(e), z=0.12), tol=0.03, freeze=True),
-            Stage("rest", GRIPPER_OPEN, None, max_steps=80),
-            Stage("hold", GRIPPER_OPEN, None, max_steps=10**9),
+            Phase("up", GRIPPER_OPEN, lambda e: _shifted(self._gripper_now(e), z=0.12), tol=0.03, freeze=True),
+            Phase("rest", GRIPPER_OPEN, None, max_steps=80),
+            Phase("hold", GRIPPER_OPEN, None, max_steps=10**9),
         ]
 
-    def _open_stages(self, u) -> list[Stage]:
+    def _open_stages(self, u) -> list[Phase]:
         return self._drawer_stages(u, 1.0, lambda e: float(e.drawer_fraction()[0]) >= 0.97)
 
-    def _close_stages(self, u) -> list[Stage]:
+    def _close_stages(self, u) -> list[Phase]:
         return self._drawer_stages(u, 0.0, lambda e: float(e.drawer_fraction()[0]) <= 0.005)
 
     def _gripper_now(self, u) -> sapien.Pose:

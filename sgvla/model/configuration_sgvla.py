@@ -137,7 +137,7 @@ class SGVLAConfig(PreTrainedConfig):
     action_stats: dict[str, list[float]] | None = None
     system_prompt: str = QWEN_SYSTEM_PROMPT
     prompt_template: str = PROMPT_TEMPLATE
-    components: dict[str, str] | None = None
+    built_from: dict[str, str] | None = None  # provenance: {"preset": name} or the parts from_components loaded
 
     def __post_init__(self, **kwargs):
         if self.views is None:
@@ -269,5 +269,5 @@ class SGVLAConfig(PreTrainedConfig):
             for sub in ("dino_config", "siglip_config"):
                 if isinstance(kwargs[sub], dict):
                     kwargs[sub]["image_size"] = overrides["image_size"]
-        kwargs.setdefault("components", {"preset": name})
+        kwargs.setdefault("built_from", {"preset": name})
         return cls(**kwargs)

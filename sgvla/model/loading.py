@@ -166,7 +166,7 @@ def assemble_components(cls, dino: str, siglip: str, llm: str, tokenizer: str | 
     sig_cfg.vision_use_head = False
     config = SGVLAConfig(dino_config=dino_cfg, siglip_config=sig_cfg, text_config=copy.deepcopy(llm_m.config),
                          action_token_begin=begin,
-                         components={"dino": str(dino), "siglip": str(siglip), "llm": str(llm)}, **overrides)
+                         built_from={"dino": str(dino), "siglip": str(siglip), "llm": str(llm)}, **overrides)
     model = cls(config)
     _load_exact(model.vision.dino, _without_last_block(dino_state, "encoder.layer", dino_cfg.num_hidden_layers,
                                                        ("layernorm.",)), "DINOv2")
