@@ -209,11 +209,14 @@ def test_stage1_detach_blocks_aux_gradients_but_not_the_action_loss():
     model.configure_stage(2)
     model(**batch, compute=aux).loss.backward()
     assert model.llm.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    # configure_stage alone (no trainer helper) leaves no trainable parameter without a loss (DDP)
+    assert not any(p.requires_grad for p in model.expert.parameters()) and model.training
 
 
 def test_stage3_trains_only_the_expert():
     model = tiny(views=["head_rgb"])
     model.configure_stage(3)
+    assert model.expert.training and not any(m.training for m in model.vlm_modules())
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"expert"}
     out = model(**make_batch(model, 2))

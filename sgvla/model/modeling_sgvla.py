@@ -165,18 +165,28 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         self.vision.dino.embeddings.mask_token.requires_grad_(False)
 
     def configure_stage(self, stage: int) -> None:
-        """Paper's schedule. 1: action + aux losses, aux on detached features; 2: same with full
-        gradients; 3: VLM frozen, flow loss only. Re-wrap the model in DDP after calling this."""
+        """The paper's schedule, in one place: trainable parameters, train/eval modes and losses.
+
+        1: action + aux losses, the decoders reading detached features; 2: the same with full
+        gradients; the flow expert is frozen in both (it has no loss there, and an unused trainable
+        parameter stalls DDP). 3: flow loss only, everything but the expert frozen and in eval mode
+        (no dropout, no statistics updates). Wrap the model in DDP after calling this."""
         aux = tuple(self.config.aux_decoders)
         if stage in (1, 2):
             self.unfreeze()
+            if self.expert is not None:
+                self.expert.requires_grad_(False)
             self.set_aux_detach(stage == 1)
             self.compute_losses = ("action", *aux)
+            self.train()
         elif stage == 3:
             if self.expert is None:
                 raise SgvlaError("stage 3 trains the flow expert but this model has use_flow_expert=False")
             self.freeze_vlm()
             self.compute_losses = ("flow",)
+            self.train()
+            for sub in self.vlm_modules():
+                sub.eval()
         else:
             raise SgvlaError(f"training stage must be 1, 2 or 3, got {stage!r}")
 

@@ -111,21 +111,8 @@ def _unwrap(model):
 
 
 def apply_stage(model, stage: Stage) -> None:
-    """Detach switches, `requires_grad` and train/eval modes for one stage (then re-wrap for DDP).
-
-    Stages 1-2 also freeze the flow expert (it has no loss there, and an unused trainable parameter
-    would stall DDP); stage 3 puts the frozen VLM in eval mode so that nothing but the expert's
-    weights can change (no BatchNorm statistics, no dropout).
-    """
-    m = _unwrap(model)
-    number = {"stage1": 1, "stage2": 2, "stage3": 3}[stage.name]
-    m.configure_stage(number)
-    m.train()
-    if number < 3 and m.expert is not None:
-        m.expert.requires_grad_(False)
-    if number == 3:
-        for sub in m.vlm_modules():
-            sub.eval()
+    """Put the (possibly wrapped) model in `stage` (the model's `configure_stage`); re-wrap for DDP after."""
+    _unwrap(model).configure_stage({"stage1": 1, "stage2": 2, "stage3": 3}[stage.name])
 
 
 def stage_losses(model) -> tuple[str, ...]:
