@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sgvla.dataset.sampler import ResumableDistributedSampler
 from sgvla.errors import SgvlaError
 from sgvla.train.checkpoint import (
     TrainerState,
@@ -20,7 +21,6 @@ from sgvla.train.checkpoint import (
 from sgvla.train.config import batch_plan, config_from_dict, load_config
 from sgvla.train.metrics import MetricsLogger, read_metrics
 from sgvla.train.plot import plot_run
-from sgvla.train.sampler import ResumableDistributedSampler
 from sgvla.train.stages import plan_stages, stage_lr
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

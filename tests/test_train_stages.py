@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,9 +41,24 @@ def setup(dataset):
     torch.manual_seed(0)
     model = modelops.build_model(cfg, info["stats"])
     ds, idx = modelops.build_dataset(cfg, info, model.config)
-    batch = modelops.make_collate(model)([ds[i] for i in (0, 3, 7, 10)])
+    batch = model.processor.collate([ds[i] for i in (0, 3, 7, 10)])
     stages = {s.name: s for s in plan_stages(cfg, True)}
     return cfg, model, batch, stages
+
+
+def test_the_documented_dataloader_feeds_the_model(dataset, setup):
+    """README: the dataset + make_dataloader with the processor's collate, as `sgvla train` uses them,
+    gives batches `model(**batch)` trains on; the trainer's own loader is this one."""
+    from sgvla.dataset.torch_dataset import SgvlaTorchDataset, make_dataloader
+    from sgvla.train.loop import Worker
+
+    cfg, model, _, _ = setup
+    c = model.config
+    ds = SgvlaTorchDataset(dataset, "mini_kitchen", views=c.views, image_size=c.image_size, pixel_format="unit16")
+    loader = make_dataloader(ds, batch_size=4, num_workers=0, seed=0, collate_fn=model.processor.collate)
+    out = model(**next(iter(loader)))
+    assert torch.isfinite(out.loss) and {"input_ids", "labels"} <= set(next(iter(loader)))
+    assert "make_dataloader(" in inspect.getsource(Worker._loader)
 
 
 def _step(model, stage, batch, cfg, **forward):
@@ -98,7 +114,8 @@ def test_gradient_checkpointing_gives_the_same_step(setup):
         opt = torch.optim.Adam(m.parameters(), lr=cfg.optim.lr)
         results.append(train_step(m, [batch], opt, modelops.stage_losses(m), cfg,
                                   torch.device("cpu")))
-        assert m.llm.is_activation_checkpointing == checkpointing
+        for part in (m.llm, m.vision.dino, m.vision.siglip):
+            assert part.is_activation_checkpointing == checkpointing
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
     assert results[0]["grad_norm"] == pytest.approx(results[1]["grad_norm"], rel=1e-5)
 

@@ -28,7 +28,7 @@ device: the towers are 12x more bytes than the unit images, and moving them from
 workers is what bounds the throughput on CPU (see bench/dataset_io.py).
 
 The pipeline has no randomness, so a sample depends only on its index; shuffling belongs to the
-sampler (`make_dataloader`: seeded RandomSampler or DistributedSampler), which makes it
+sampler (`make_dataloader`: a seeded, resumable permutation split across ranks), which makes it
 deterministic given a seed with any number of DataLoader workers. Only the image columns the
 views need are decoded (plus the two masks when ``masks=True``); vectors are read once into numpy
 at construction.
@@ -42,10 +42,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from sgvla.batching import collate
 from sgvla.dataset.layout import find_shards, group_shards
+from sgvla.dataset.sampler import ResumableDistributedSampler, epoch_seed
 from sgvla.dataset.schema import (
     DEPTH_FIELDS,
     IMAGE_SIZE,
@@ -449,25 +450,26 @@ class SgvlaTorchDataset(Dataset):
 
 def make_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 2, shuffle: bool = True,
                     seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                    epoch: int = 0, collate_fn: Callable | None = None) -> DataLoader:
-    """A DataLoader whose order depends only on (seed, epoch, rank, world_size).
+                    epoch: int = 0, collate_fn: Callable | None = None, *, indices: Sequence[int] | None = None,
+                    stage: int = 0, start: int = 0) -> DataLoader:
+    """The DataLoader of `sgvla train` (and the one to use outside it): its order depends only on
+    (seed, stage, epoch, rank, world_size), so it can start mid-epoch at this rank's sample `start`.
 
-    With world_size > 1 it uses a DistributedSampler (call `loader.sampler.set_epoch(e)` per epoch);
-    otherwise a RandomSampler driven by a generator seeded with seed + epoch. Batches are stacked
-    by `sgvla.batching.collate` (one shared buffer per batch) unless `collate_fn` is given, e.g.
-    the model processor's `collate`, which also tokenizes.
+    Every rank gets every world_size-th index of one seeded permutation of `indices` (default: the
+    whole dataset); the tail that does not divide by world_size is dropped so that every rank runs
+    the same number of steps. Batches are stacked by `sgvla.batching.collate` (one shared buffer
+    per batch) unless `collate_fn` is given: the model processor's `collate` also tokenizes, which
+    gives batches that `model(**batch)` takes.
     """
-    if world_size > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                                     drop_last=drop_last)
-        sampler.set_epoch(epoch)
-    elif shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed + epoch))
-    else:
-        sampler = None
+    sampler = ResumableDistributedSampler(len(dataset) if indices is None else indices, world_size, rank,
+                                          seed=seed, shuffle=shuffle)
+    sampler.set_epoch(epoch, stage=stage, start=start)
+    # worker processes draw their seeds from this generator: reproducible per (stage, epoch, rank)
+    g = torch.Generator().manual_seed(epoch_seed(seed, stage, epoch) + rank)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, persistent_workers=False, collate_fn=collate_fn or collate,
-                      pin_memory=torch.cuda.is_available())
+                      generator=g, pin_memory=torch.cuda.is_available(),
+                      prefetch_factor=4 if num_workers else None)
 
 
 # ---------------------------------------------------------------- streaming variant

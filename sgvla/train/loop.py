@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from sgvla.dataset.sampler import epoch_seed
+from sgvla.dataset.torch_dataset import make_dataloader
 from sgvla.errors import SgvlaError
 from sgvla.train import modelops
 from sgvla.train.checkpoint import (
@@ -41,7 +43,6 @@ from sgvla.train.checkpoint import (
 )
 from sgvla.train.config import TrainConfig, batch_plan, config_from_dict
 from sgvla.train.metrics import MetricsLogger
-from sgvla.train.sampler import ResumableDistributedSampler, epoch_seed
 from sgvla.train.stages import Stage, plan_stages, stage_lr
 
 FINAL_MODEL_DIR = "model"
@@ -198,11 +199,10 @@ class Worker:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = modelops.build_model(cfg, data["stats"])
         self.dataset, self.indices = modelops.build_dataset(cfg, data, self.model.config)
-        self.collate = modelops.make_collate(self.model)
+        self.collate = self.model.processor.collate  # tokenizes: batches model(**batch) takes
         self.stages = plan_stages(cfg, modelops.has_flow_expert(self.model))
         self.state = TrainerState(fingerprint=cfg.compat_fingerprint())
-        self.sampler = ResumableDistributedSampler(self.indices, env.world_size, env.rank,
-                                                   seed=cfg.train.seed)
+        self.per_rank = len(self.indices) // env.world_size  # samples per rank and epoch (tail dropped)
         self._last_saved = -1
 
     # -- set-up ---------------------------------------------------------------------------
@@ -270,21 +270,18 @@ class Worker:
 
     # -- the schedule -----------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
-        return self.sampler.per_rank // (self.cfg.train.micro_batch_size * self.accum)
+        return self.per_rank // (self.cfg.train.micro_batch_size * self.accum)
 
     def stage_total_steps(self, stage: Stage) -> int:
         total = self.steps_per_epoch() * stage.epochs
         return min(total, stage.max_steps) if stage.max_steps else total
 
     def _loader(self, stage: Stage, epoch: int, start_step: int) -> DataLoader:
-        t = self.cfg.train
-        self.sampler.set_epoch(epoch, stage=stage.index, start=start_step * t.micro_batch_size * self.accum)
-        g = torch.Generator().manual_seed(epoch_seed(t.seed, stage.index, epoch) + self.env.rank)
-        workers = self.cfg.data.loader_workers
-        return DataLoader(self.dataset, batch_size=t.micro_batch_size, sampler=self.sampler,
-                          num_workers=workers, collate_fn=self.collate, drop_last=True, generator=g,
-                          persistent_workers=False, pin_memory=self.env.device.type == "cuda",
-                          prefetch_factor=4 if workers else None)
+        t, env = self.cfg.train, self.env
+        return make_dataloader(self.dataset, t.micro_batch_size, num_workers=self.cfg.data.loader_workers,
+                               seed=t.seed, rank=env.rank, world_size=env.world_size, drop_last=True,
+                               epoch=epoch, collate_fn=self.collate, indices=self.indices, stage=stage.index,
+                               start=start_step * t.micro_batch_size * self.accum)
 
     def _next_stage_state(self, stage: Stage) -> None:
         s = self.state

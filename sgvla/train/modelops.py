@@ -67,7 +67,7 @@ def build_model(cfg: TrainConfig, stats: dict):
         _fit_config(model.config, cfg, stats)
     elif m.extra.get("components"):
         comps = dict(m.extra["components"])
-        overrides = {k: v for k, v in m.preset_overrides().items() if k != "components"}
+        overrides = m.preset_overrides()
         model = SGVLAForActionPrediction.from_components(**comps, **overrides)
         _fit_config(model.config, cfg, stats)
     else:
@@ -98,10 +98,6 @@ def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Da
     return ds, rows
 
 
-def make_collate(model):
-    return model.processor.collate
-
-
 def has_flow_expert(model) -> bool:
     return model.expert is not None
 
@@ -124,9 +120,12 @@ def stage_losses(model) -> tuple[str, ...]:
 
 
 def enable_gradient_checkpointing(model) -> None:
-    """Non-reentrant activation checkpointing of the LLM's decoder layers (DDP- and FSDP-safe)."""
-    llm = _unwrap(model).llm
-    llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    """Non-reentrant activation checkpointing (DDP- and FSDP-safe) of every transformer block: the
+    LLM's and both vision towers'. At the paper's sizes the towers hold more activations than the
+    LLM (four views of 256 patches each through 23 + 26 blocks; `bench/memory.py`)."""
+    m = _unwrap(model)
+    for part in (m.llm, m.vision.dino, m.vision.siglip):
+        part.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def wrap_ddp(model, env):
