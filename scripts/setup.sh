@@ -59,6 +59,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pipq() { .venv/bin/python -m pip install -q "$@" 2>&1 | grep -v -E '^WARNING: Location|^ *$' || true; }
   pipq "torch==${TORCH_VERSION}"
   pipq -e ".[dev]"
+  # The released openpi client, which the policy-server tests drive sgvla serve with. Without its
+  # own pins (they would downgrade numpy): its websocket client needs only websockets and msgpack.
+  pipq --no-deps "openpi-client==0.1.2"
   .venv/bin/python -c "import torch, mani_skill, sgvla" || { log "install failed (see pip output above)"; exit 1; }
   echo "$want" > "$stamp"
   log "installed sgvla into .venv"

@@ -274,8 +274,10 @@ def plot(run: Path = typer.Argument(..., help="Run folder of `sgvla train`."),
 
 @command("eval")
 def eval_(
-    model: str = typer.Option(..., help="Run folder, checkpoint folder, 'expert', 'random' or "
-                               "'replay:DEMOS' (blind replay of the first demo in folder DEMOS)."),
+    model: str | None = typer.Option(None, help="Run folder, checkpoint folder, Hub id, 'expert', 'random' or "
+                                      "'replay:DEMOS' (blind replay of the first demo in folder DEMOS)."),
+    policy_server: str | None = typer.Option(None, help="Evaluate the model `sgvla serve` serves at this "
+                                                        "ws://HOST:PORT instead of loading one."),
     task: str = typer.Option("mini_kitchen"),
     subtask: str = typer.Option("all", help="pick, place, open, close, a comma list or all."),
     episodes: int = typer.Option(30, help="Episodes per subtask."),
@@ -295,11 +297,32 @@ def eval_(
     """Roll a policy out closed-loop and report success rates per subtask.
 
     Every option can come from a YAML job file (--config) and --set name=value."""
+    from sgvla.eval.policies import is_server
     from sgvla.eval.runner import run_eval
+
+    if (model is None) == (policy_server is None):
+        raise SgvlaError("give either --model or --policy-server (one of them)")
+    if policy_server is not None and not is_server(policy_server):
+        raise SgvlaError(f"--policy-server {policy_server!r} must be a ws://HOST:PORT address")
+    model = model or policy_server
 
     run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,
              split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps,
              gpus_per_worker=gpus_per_worker)
+
+
+@command("serve")
+def serve(
+    model: str = typer.Argument(..., help="Run folder, checkpoint folder or Hub id."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000),
+    mode: str = typer.Option("auto", help="tokens, flow or auto (per subtask); a request may name its own."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:i]."),
+) -> None:
+    """Serve a model over openpi's websocket protocol (openpi-client, `sgvla eval --policy-server`)."""
+    from sgvla.eval.server import serve as _serve
+
+    _serve(model, host=host, port=port, mode=mode, device=device)
 
 
 @command("doctor")

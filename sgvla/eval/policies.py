@@ -18,6 +18,12 @@ from sgvla.instructions import episode_text
 REFERENCE_POLICIES = ("expert", "random")
 #: `replay:DEMOS` names the blind baseline `ReplayPolicy` over a demo folder.
 REPLAY_PREFIX = "replay:"
+#: A model served by `sgvla serve` (or any openpi-protocol server speaking sgvla's request keys).
+SERVER_PREFIXES = ("ws://", "wss://")
+
+
+def is_server(spec: str) -> bool:
+    return spec.startswith(SERVER_PREFIXES)
 
 
 def is_reference(spec: str) -> bool:
@@ -108,12 +114,12 @@ class ModelPolicy:
     """An SG-VLA checkpoint: the same preprocessing as training, history frames, action chunks.
 
     In flow mode the model predicts a chunk of `chunk_size` actions and the first `execute_steps` of
-    them are executed before the next query (paper: 2 of 8).
+    them are executed before the next query (paper: 2 of 8); token chunks are executed whole.
     """
 
     def __init__(self, path: str | Path, mode: str = "auto", device: str = "cpu"):
         self.model = load_policy_model(path).to(device)
-        self.config = self.model.config
+        self.views, self.n_history = list(self.model.config.views), int(self.model.config.history)
         self.mode = mode
         self.name = str(path)
         self.device = device
@@ -123,24 +129,26 @@ class ModelPolicy:
 
         self.subtask = subtask
         self.instruction, _ = episode_text(env, subtask)  # the prompt it was trained with
-        self.history: deque = deque(maxlen=self.config.history + 1)
+        self.history: deque = deque(maxlen=self.n_history + 1)
         self.queue: deque = deque()
         self.generator = torch.Generator().manual_seed(seed)
 
     def act(self, env, obs) -> np.ndarray:
-        frame = observation_from_obs(obs, list(self.config.views))
+        frame = observation_from_obs(obs, self.views)
         if not self.history:  # episode start: history clamps to the first frame, as in training
             self.history.extend([frame] * self.history.maxlen)
         else:
             self.history.append(frame)
         if not self.queue:
-            with self._precision():
-                out = self.model.predict_action(
-                    self._observation(), self.instruction, subtask=self.subtask, mode=self.mode,
-                    generator=self.generator,
-                )
-            self.queue.extend(np.asarray(a, dtype=np.float32) for a in out.execute)
+            self.queue.extend(self._predict())
         return self.queue.popleft()
+
+    def _predict(self) -> list[np.ndarray]:
+        """The actions to execute before the next query."""
+        with self._precision():
+            out = self.model.predict_action(self._observation(), self.instruction, subtask=self.subtask,
+                                            mode=self.mode, generator=self.generator)
+        return [np.asarray(a, dtype=np.float32) for a in out.execute]
 
     def _precision(self):
         """bf16 autocast on a GPU (a 1.3B model in fp32 is tens of seconds per step on CPU and needlessly
@@ -156,9 +164,56 @@ class ModelPolicy:
     def _observation(self) -> dict:
         frames = list(self.history)
         obs = dict(frames[-1])
-        if self.config.history:
+        if self.n_history:
             obs["history"] = frames[:-1]
         return obs
+
+
+class ServerConnection:
+    """A client of `sgvla serve` (openpi's websocket protocol): metadata on connect, then queries."""
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        from contextlib import ExitStack
+
+        from websockets.sync.client import connect
+
+        from sgvla.eval.wire import unpack
+
+        self.stack = ExitStack()
+        try:
+            self.ws = self.stack.enter_context(connect(url, compression=None, max_size=None, open_timeout=timeout))
+            self.meta = unpack(self.ws.recv(timeout=timeout))
+        except (OSError, TimeoutError) as e:
+            raise SgvlaError(f"--policy-server {url}: cannot connect ({e}): start `sgvla serve MODEL` there "
+                             "or check the address") from None
+        self.url = url
+
+    def query(self, request: dict) -> dict:
+        from sgvla.eval.wire import pack, unpack
+
+        self.ws.send(pack(request))
+        reply = self.ws.recv()
+        if isinstance(reply, str):
+            raise SgvlaError(f"the policy server {self.url} answered: {reply}")
+        return unpack(reply)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+class RemotePolicy(ModelPolicy):
+    """A model behind `sgvla serve`: the episode bookkeeping of `ModelPolicy` (instruction, history
+    frames, the queue of actions to execute) with the model on the other end of a socket. Flow
+    noise is drawn by the server, so flow-mode rollouts are not seeded per episode."""
+
+    def __init__(self, url: str, mode: str = "auto"):
+        self.server = ServerConnection(url)
+        self.views, self.n_history = list(self.server.meta["views"]), int(self.server.meta["history"])
+        self.mode, self.name, self.device = mode, url, "cpu"
+
+    def _predict(self) -> list[np.ndarray]:
+        request = {**self._observation(), "prompt": self.instruction, "subtask": self.subtask, "mode": self.mode}
+        return list(np.asarray(self.server.query(request)["actions"], dtype=np.float32))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -198,7 +253,10 @@ def load_policy_model(path: str | Path):
 
 
 def make_policy(spec: str, mode: str, device: str = "cpu"):
-    """`expert`, `random`, `replay:DEMOS`, or a path to a checkpoint / training run folder."""
+    """`expert`, `random`, `replay:DEMOS`, `ws://HOST:PORT` (a served model), or a path to a
+    checkpoint / training run folder."""
+    if is_server(spec):
+        return RemotePolicy(spec, mode=mode)
     if spec == "expert":
         return ExpertPolicy()
     if spec == "random":

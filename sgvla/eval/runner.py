@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sgvla.errors import SgvlaError
-from sgvla.eval.policies import REPLAY_PREFIX, first_demo_actions, is_reference
+from sgvla.eval.policies import REPLAY_PREFIX, first_demo_actions, is_reference, is_server
 from sgvla.eval.report import aggregate, markdown_table, write_results
 from sgvla.hub import names_hub_repo
 from sgvla.raysession import RaySession
@@ -85,7 +85,7 @@ def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path,
     if model.startswith(REPLAY_PREFIX):
         for sub in subs:  # fail before any worker starts, naming the missing file
             first_demo_actions(Path(model[len(REPLAY_PREFIX):]), sub)
-    elif not is_reference(model) and not Path(model).exists() and not names_hub_repo(model):
+    elif not is_reference(model) and not is_server(model) and not Path(model).exists() and not names_hub_repo(model):
         raise SgvlaError(f"--model {model}: no such checkpoint or run folder, nor a Hub repo id USER/NAME (or "
                          "use 'expert', 'random' or 'replay:DEMOS')")
     if task != BUILTIN_TASK:
@@ -103,6 +103,13 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     """Render only what the policy needs; a model's views are checked against the env before any rollout."""
     if is_reference(model):
         return "rgb+depth+segmentation", []
+    if is_server(model):  # the server checked its own model when it loaded it; ask it what it reads
+        from sgvla.eval.policies import ServerConnection
+
+        conn = ServerConnection(model)
+        views = list(conn.meta["views"])
+        conn.close()
+        return _obs_mode_of_views(model, views), views
     from sgvla.eval.policies import load_policy_config, resolve_checkpoint
     from sgvla.model.loading import check_checkpoint_files
     from sgvla.model.processing_sgvla import check_action_decoding
@@ -113,11 +120,15 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     check_checkpoint_files(folder, cfg)
     check_action_decoding(folder, cfg)
     views = list(cfg.views)
+    return _obs_mode_of_views(model, views), views
+
+
+def _obs_mode_of_views(model: str, views: list[str]) -> str:
     missing = [v for v in views if v not in ENV_VIEWS]
     if missing:
         raise SgvlaError(f"--model {model} needs views {missing} that the env does not render "
                          f"(it renders {', '.join(ENV_VIEWS)}): evaluate a model trained on those views")
-    return ("rgb+depth" if any(v.endswith("depth") for v in views) else "rgb"), views
+    return "rgb+depth" if any(v.endswith("depth") for v in views) else "rgb"
 
 
 def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: str,
