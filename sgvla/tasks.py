@@ -18,19 +18,6 @@ TASK_SUBTASKS: dict[str, tuple[str, ...]] = {
 TASKS: tuple[str, ...] = tuple(TASK_SUBTASKS)
 SUBTASKS: tuple[str, ...] = ("pick", "place", "open", "close")
 
-#: Label allocation (paper, Section 3, "Auxiliary Task Data Distribution"): which subtasks' rows
-#: train each auxiliary decoder. Robot-state labels (global position, grasp, qpos) come from every
-#: subtask; segmentation masks and the target-object pose only from pick and place, where a target
-#: object is manipulated. Rows of other subtasks still carry those labels in the dataset; training
-#: masks them out (`aux_valid`).
-AUX_LABEL_SUBTASKS: dict[str, tuple[str, ...]] = {
-    "global_pos": SUBTASKS,
-    "grasp": SUBTASKS,
-    "qpos": SUBTASKS,
-    "obj_pose": ("pick", "place"),
-    "mask": ("pick", "place"),
-}
-
 #: MS-HAB's Hugging Face demo repos and env ids (used by the MS-HAB replay path).
 MSHAB_DEMO_REPOS = {
     "tidy_house": "arth-shukla/MS-HAB-TidyHouse",

@@ -122,7 +122,7 @@ def test_aux_validity_rules(root, cache):
         if not s["aux_valid"]["obj_pose"]:
             assert torch.count_nonzero(s["aux"]["obj_pose"]) == 0
         assert s["aux_valid"]["global_pos"] and s["aux_valid"]["qpos"]
-        # the paper's allocation (sgvla.tasks.AUX_LABEL_SUBTASKS): masks and pose from pick/place only
+        # the paper's allocation (sgvla.vocab.AUX_LABEL_SUBTASKS): masks and pose from pick/place only
         assert bool(s["aux_valid"]["head_mask"]) == (s["subtask"] in ("pick", "place"))
     assert all(by_sub["pick"]) and all(by_sub["place"])
     assert not any(by_sub["open"]) and not any(by_sub["close"])

@@ -35,3 +35,11 @@ def test_dataset_never_imports_the_model():
     """Loading data must not pull in transformers and the model (the pixel and action transforms
     both sides share live in the neutral `sgvla.transforms`)."""
     _assert_no_import("dataset", {"sgvla.model", "sgvla.train", "transformers"})
+
+
+def test_the_vocabulary_imports_nothing_heavy():
+    """Every layer reads sgvla.vocab (cameras, views, labels): it must cost nothing to import."""
+    code = ("import sys, sgvla.vocab; bad = [m for m in ('torch', 'numpy', 'transformers', 'sapien', 'datasets') "
+            "if m in sys.modules]; assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -15,14 +15,13 @@ import torch
 
 from sgvla.errors import SgvlaError
 from sgvla.model import (
-    AUX_NAMES,
-    VIEW_NAMES,
     ActionTokenizer,
     SGVLAConfig,
     SGVLAForActionPrediction,
     build_byte_tokenizer,
 )
 from sgvla.transforms import normalize_for_towers, unnormalize_action
+from sgvla.vocab import AUX_NAMES, VIEWS
 
 STATS = {"mean": [0.0] * 13, "std": [1.0] * 13, "min": [-3.0] * 13, "max": [3.0] * 13,
          "q01": [-2.0 + 0.1 * i for i in range(13)], "q99": [1.0 + 0.2 * i for i in range(13)]}
@@ -114,7 +113,7 @@ def test_config_rejects_bad_settings():
 
 # -- shapes -------------------------------------------------------------------------------------
 
-VIEW_SETS = [list(c) for r in range(1, 5) for c in itertools.combinations(VIEW_NAMES, r)]
+VIEW_SETS = [list(c) for r in range(1, 5) for c in itertools.combinations(VIEWS, r)]
 
 
 @pytest.mark.parametrize("views", VIEW_SETS, ids=["+".join(v) for v in VIEW_SETS])

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sgvla.vocab import CAMERA_UIDS
+
 #: Dataset camera name -> ManiSkill sensor uid of Fetch.
-CAMERA_UIDS = {"head": "fetch_head", "hand": "fetch_hand"}
 #: Fetch's active joints are [root_x, root_y, root_yaw, 12 others]; the dataset keeps the 12.
 BASE_DOF = 3
 

@@ -32,11 +32,12 @@ import torch
 
 from sgvla.datagen import mshab as mshab_path
 from sgvla.datagen.drift import DriftCheck, DriftTolerance
-from sgvla.datagen.labels import CAMERA_UIDS, FrameLabels, read_labels, resolve_target, to_numpy
+from sgvla.datagen.labels import FrameLabels, read_labels, resolve_target, to_numpy
 from sgvla.datagen.plan import PlannedEpisode
 from sgvla.datagen.sources import DemoEpisode, DemoFile, EpisodeArrays, read_episode
 from sgvla.dataset.schema import FPS, encode_depth, encode_mask, encode_rgb, source_name
 from sgvla.instructions import episode_text
+from sgvla.vocab import CAMERA_UIDS
 
 #: Simulators a worker keeps alive at once (e.g. one per subtask env of a mixed run).
 MAX_CACHED_ENVS = 2

@@ -38,12 +38,10 @@ import numpy as np
 from datasets import ClassLabel, Features, Image, List, Value
 
 from sgvla.tasks import CONTROL_FREQ_HZ, SUBTASKS, TASKS
+from sgvla.vocab import ACTION_DIM, DEPTH_VIEWS, MASK_FIELDS, QPOS_DIM, RGB_VIEWS
 
 IMAGE_SIZE = 128
-CAMERAS = ("head", "hand")
-QPOS_DIM = 12
 POSE_DIM = 7
-ACTION_DIM = 13
 FPS = CONTROL_FREQ_HZ
 #: zlib level for the PNGs: level 1 costs ~3x less encode time than 6 for ~25% more bytes
 #: (see bench/dataset_io.py); generation speed is bounded by rendering, so keep encoding cheap.
@@ -59,10 +57,7 @@ VECTOR_FIELDS: dict[str, int] = {
 }
 #: Fields with dataset statistics in meta/stats.json (used for normalisation).
 STATS_FIELDS = ("action", "qpos", "base_pose", "obj_pose")
-RGB_FIELDS = tuple(f"{c}_rgb" for c in CAMERAS)
-DEPTH_FIELDS = tuple(f"{c}_depth" for c in CAMERAS)
-MASK_FIELDS = tuple(f"{c}_mask" for c in CAMERAS)
-IMAGE_FIELDS = RGB_FIELDS + DEPTH_FIELDS + MASK_FIELDS
+IMAGE_FIELDS = RGB_VIEWS + DEPTH_VIEWS + MASK_FIELDS
 
 FEATURES = Features(
     {

@@ -48,10 +48,8 @@ from sgvla.batching import collate
 from sgvla.dataset.layout import find_shards, group_shards
 from sgvla.dataset.sampler import ResumableDistributedSampler, epoch_seed
 from sgvla.dataset.schema import (
-    DEPTH_FIELDS,
     IMAGE_SIZE,
     MASK_FIELDS,
-    RGB_FIELDS,
     STATS_PATH,
     VECTOR_FIELDS,
     decode_png,
@@ -59,7 +57,6 @@ from sgvla.dataset.schema import (
 )
 from sgvla.dataset.stats import load_stats, require_action_stats
 from sgvla.errors import SgvlaError
-from sgvla.tasks import AUX_LABEL_SUBTASKS
 from sgvla.transforms import (
     depth_to_unit,
     normalize_action,
@@ -68,10 +65,8 @@ from sgvla.transforms import (
     to_unit_image,
     unit_to_towers,
 )
+from sgvla.vocab import AUX_LABEL_SUBTASKS, VIEWS, view_kind
 
-VIEW_ORDER = RGB_FIELDS + DEPTH_FIELDS
-DEFAULT_VIEWS = VIEW_ORDER
-VIEW_KIND = {**dict.fromkeys(RGB_FIELDS, "rgb"), **dict.fromkeys(DEPTH_FIELDS, "depth")}
 MASK_SIZE = IMAGE_SIZE
 #: "towers": the contract above. "unit16": pixel_values = {"unit": float16 [V, 3, H, W]} in [0, 1]
 #: at the dataset's resolution (depth already through Eq. 1); the consumer calls
@@ -86,7 +81,7 @@ _TABULAR = ("episode_index", "frame_index", "is_grasped", "task", "subtask", "in
 class PipelineSpec:
     """What the model consumes: views, history length, resolution, chunk length, masks."""
 
-    views: tuple[str, ...] = VIEW_ORDER
+    views: tuple[str, ...] = VIEWS
     history: int = 0
     image_size: int = 224
     chunk_size: int = 8
@@ -96,10 +91,10 @@ class PipelineSpec:
     def check(self) -> None:
         if self.pixel_format not in PIXEL_FORMATS:
             raise SgvlaError(f"pixel_format {self.pixel_format!r} unknown: choose one of {', '.join(PIXEL_FORMATS)}")
-        bad = [v for v in self.views if v not in VIEW_KIND]
+        bad = [v for v in self.views if v not in VIEWS]
         if bad or not self.views or len(set(self.views)) != len(self.views):
             raise SgvlaError(f"views {list(self.views)} invalid: give distinct names from "
-                             f"{', '.join(VIEW_ORDER)}")
+                             f"{', '.join(VIEWS)}")
         if self.history < 0 or self.chunk_size < 1 or self.image_size < 8:
             raise SgvlaError(f"history={self.history}, chunk_size={self.chunk_size}, "
                              f"image_size={self.image_size}: "
@@ -126,7 +121,7 @@ def unit_planes(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> np
     planes = []
     for frame in frames:
         for v in views:
-            if VIEW_KIND[v] == "rgb":
+            if view_kind(v) == "rgb":
                 planes.append(frame[v].transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255))
             else:
                 planes.append(np.take(_DEPTH_UNIT, frame[v])[None])
@@ -173,7 +168,7 @@ def views_to_pixels(frames: list[dict[str, np.ndarray]], views: Sequence[str],
     out = {k: torch.empty(n, 3, size, size) for k in _AFFINE}
     c = 0
     for k in range(n):
-        if VIEW_KIND[views[k % len(views)]] == "rgb":
+        if view_kind(views[k % len(views)]) == "rgb":
             src, c = chw[c:c + 3], c + 3
         else:
             src, c = chw[c:c + 1].expand(3, size, size), c + 1
@@ -204,7 +199,7 @@ def views_to_unit16(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -
     k = 0
     for frame in frames:
         for v in views:
-            if VIEW_KIND[v] == "rgb":
+            if view_kind(v) == "rgb":
                 cv2.split(cv2.LUT(frame[v], _RGB_UNIT16.view(np.uint16)), list(bits[k]))
             else:  # one gather, then the plane is replicated to 3 channels
                 np.take(_DEPTH_UNIT16, frame[v].reshape(out.shape[2:]), out=out[k, 0])
@@ -219,8 +214,8 @@ def views_to_pixels_reference(frames: list[dict[str, np.ndarray]], views: Sequen
     unit = []
     for frame in frames:
         for v in views:
-            arr = frame[v].astype(np.int32) if VIEW_KIND[v] == "depth" else frame[v]
-            unit.append(to_unit_image(torch.from_numpy(np.ascontiguousarray(arr)), VIEW_KIND[v]))
+            arr = frame[v].astype(np.int32) if view_kind(v) == "depth" else frame[v]
+            unit.append(to_unit_image(torch.from_numpy(np.ascontiguousarray(arr)), view_kind(v)))
     return normalize_for_towers(resize(torch.stack(unit), size))
 
 
@@ -395,7 +390,7 @@ class SgvlaTorchDataset(Dataset):
     """
 
     def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
-                 views: Sequence[str] = DEFAULT_VIEWS, history: int = 0,
+                 views: Sequence[str] = VIEWS, history: int = 0,
                  image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
                  masks: bool = True, revision: str | None = None,
                  cache_dir: str | None = None, pixel_format: str = "towers"):
@@ -486,7 +481,7 @@ class SgvlaStreamingDataset(IterableDataset):
     """
 
     def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
-                 views: Sequence[str] = DEFAULT_VIEWS, history: int = 0,
+                 views: Sequence[str] = VIEWS, history: int = 0,
                  image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
                  seed: int = 0, masks: bool = True, shuffle_buffer: int = 256, rank: int = 0,
                  world_size: int = 1, revision: str | None = None, pixel_format: str = "towers"):
@@ -566,5 +561,5 @@ class SgvlaStreamingDataset(IterableDataset):
 
 
 __all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader",
-           "views_to_pixels", "aux_validity", "VIEW_ORDER",
+           "views_to_pixels", "aux_validity",
            "PIXEL_FORMATS", "unit_to_towers", "views_to_unit16", "tune_worker_process"]

@@ -40,13 +40,13 @@ from sgvla.dataset.layout import (
     shard_stats_path,
 )
 from sgvla.dataset.schema import (
-    DEPTH_FIELDS,
+    DEPTH_VIEWS,
     FEATURES,
     FPS,
     IMAGE_FIELDS,
     IMAGE_SIZE,
     MASK_FIELDS,
-    RGB_FIELDS,
+    RGB_VIEWS,
     STATS_FIELDS,
     STATS_PATH,
     VECTOR_FIELDS,
@@ -58,7 +58,7 @@ from sgvla.tasks import TASKS
 
 TABULAR_FIELDS = [f for f in FEATURES if f not in IMAGE_FIELDS]
 FLOAT_FIELDS = [*VECTOR_FIELDS, "timestamp", "reward"]
-IMAGE_MODES = {**dict.fromkeys(RGB_FIELDS, "RGB"), **dict.fromkeys(DEPTH_FIELDS, "I;16"),
+IMAGE_MODES = {**dict.fromkeys(RGB_VIEWS, "RGB"), **dict.fromkeys(DEPTH_VIEWS, "I;16"),
                **dict.fromkeys(MASK_FIELDS, "1")}
 #: Tolerances for stats.json against a recomputation (float32 data, float64 accumulation).
 STATS_RTOL, STATS_ATOL = 1e-4, 1e-5

@@ -20,8 +20,8 @@ from transforms3d.quaternions import mat2quat, quat2mat
 from sgvla.envs import scene as S
 from sgvla.envs.ik import ARM_QPOS_IDX, ArmIK, rot_error
 from sgvla.envs.mini_kitchen import REST_QPOS, MiniKitchenEnv
+from sgvla.vocab import ACTION_DIM
 
-ACTION_DIM = 13
 GRIPPER_OPEN, GRIPPER_CLOSED = 1.0, -1.0
 ARM_DELTA_SCALE = 0.1  # rad (m for the torso) per step at action 1 (pd_joint_delta_pos)
 BODY_QPOS_IDX = (4, 6, 3)  # head_pan, head_tilt, torso_lift: the order of the body action

@@ -14,6 +14,7 @@ import numpy as np
 
 from sgvla.errors import SgvlaError, load_json
 from sgvla.instructions import episode_text
+from sgvla.vocab import view_sensor
 
 REFERENCE_POLICIES = ("expert", "random")
 #: `replay:DEMOS` names the blind baseline `ReplayPolicy` over a demo folder.
@@ -100,13 +101,12 @@ def observation_from_obs(obs: dict, views: list[str]) -> dict[str, np.ndarray]:
     """ManiSkill obs (batch of one) -> raw arrays keyed by view name, as the dataset stores them."""
     out = {}
     for view in views:
-        cam, kind = view.split("_")
-        data = obs["sensor_data"][f"fetch_{cam}"]
-        key = "rgb" if kind == "rgb" else "depth"
+        uid, key = view_sensor(view)
+        data = obs["sensor_data"][uid]
         if key not in data:
             raise SgvlaError(f"the model needs view {view!r} but the env does not render {key}")
         arr = np.asarray(data[key][0].cpu())
-        out[view] = arr.astype(np.uint8) if kind == "rgb" else np.clip(arr[..., 0], 0, 65535).astype(np.uint16)
+        out[view] = arr.astype(np.uint8) if key == "rgb" else np.clip(arr[..., 0], 0, 65535).astype(np.uint16)
     return out
 
 

@@ -20,6 +20,7 @@ from sgvla.eval.report import aggregate, markdown_table, write_results
 from sgvla.hub import names_hub_repo
 from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, split_seeds, subtasks_for
+from sgvla.vocab import VIEWS  # what every env family renders: both cameras, RGB and depth
 
 MODES = ("tokens", "flow", "auto")
 
@@ -95,8 +96,6 @@ def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path,
     return subs
 
 
-#: Views each env family renders: Fetch's head and hand cameras, RGB and depth (MS-HAB: obs_mode rgbd).
-ENV_VIEWS = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
 
 
 def _obs_mode_for(model: str) -> tuple[str, list[str]]:
@@ -124,10 +123,10 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
 
 
 def _obs_mode_of_views(model: str, views: list[str]) -> str:
-    missing = [v for v in views if v not in ENV_VIEWS]
+    missing = [v for v in views if v not in VIEWS]
     if missing:
         raise SgvlaError(f"--model {model} needs views {missing} that the env does not render "
-                         f"(it renders {', '.join(ENV_VIEWS)}): evaluate a model trained on those views")
+                         f"(it renders {', '.join(VIEWS)}): evaluate a model trained on those views")
     return "rgb+depth" if any(v.endswith("depth") for v in views) else "rgb"
 
 

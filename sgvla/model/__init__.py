@@ -8,13 +8,10 @@ from transformers import AutoConfig, AutoModel
 
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.configuration_sgvla import (
-    AUX_NAMES,
-    AUX_TARGETS,
     DEFAULT_SUBTASK_MODES,
     HUB_COMPONENTS,
     PAPER_AUX_WEIGHTS,
     PRESETS,
-    VIEW_NAMES,
     SGVLAConfig,
 )
 from sgvla.model.modeling_sgvla import ActionPrediction, SGVLAForActionPrediction, SGVLAOutput
@@ -24,7 +21,6 @@ AutoConfig.register(SGVLAConfig.model_type, SGVLAConfig, exist_ok=True)
 AutoModel.register(SGVLAConfig, SGVLAForActionPrediction, exist_ok=True)
 
 __all__ = [
-    "AUX_NAMES", "AUX_TARGETS", "DEFAULT_SUBTASK_MODES", "HUB_COMPONENTS", "PAPER_AUX_WEIGHTS", "PRESETS",
-    "VIEW_NAMES", "ActionPrediction", "ActionTokenizer", "SGVLAConfig", "SGVLAForActionPrediction",
-    "SGVLAOutput", "SGVLAProcessor", "build_byte_tokenizer",
+    "DEFAULT_SUBTASK_MODES", "HUB_COMPONENTS", "PAPER_AUX_WEIGHTS", "PRESETS", "ActionPrediction", "ActionTokenizer",
+    "SGVLAConfig", "SGVLAForActionPrediction", "SGVLAOutput", "SGVLAProcessor", "build_byte_tokenizer",
 ]

@@ -16,13 +16,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from sgvla.errors import SgvlaError
+from sgvla.vocab import AUX_NAMES, VIEWS, mask_cameras
 
-#: Camera streams a model can read, in the dataset's names.
-VIEW_NAMES: tuple[str, ...] = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
-#: Auxiliary decoders of the paper (Table 1); "mask" covers the head and the hand mask.
-AUX_NAMES: tuple[str, ...] = ("global_pos", "grasp", "obj_pose", "qpos", "mask")
-#: The auxiliary targets a batch carries (the mask decoder has one per camera).
-AUX_TARGETS: tuple[str, ...] = ("global_pos", "grasp", "obj_pose", "qpos", "head_mask", "hand_mask")
 #: Paper, Sec. 6.1: lambda_pos 1, lambda_grasp 5, lambda_qpos 1, lambda_obj 1, lambda_seg 1.
 PAPER_AUX_WEIGHTS: dict[str, float] = {"global_pos": 1.0, "grasp": 5.0, "obj_pose": 1.0, "qpos": 1.0, "mask": 1.0}
 #: Paper, Sec. 6.4: the flow expert helps pick/place, discrete tokens are better for open/close.
@@ -80,7 +75,7 @@ _PRESET_FIELDS: dict[str, dict[str, Any]] = {
 class SGVLAConfig(PreTrainedConfig):
     """Configuration of `SGVLAForActionPrediction`.
 
-    Inputs: `views` (ordered subset of `VIEW_NAMES`), `history` (k previous frames besides the current
+    Inputs: `views` (ordered subset of `VIEWS`), `history` (k previous frames besides the current
     one), `image_size`. Pixel tensors hold V = (history + 1) * len(views) images, frame-major (all
     views of frame t-k, ..., all views of frame t), views in this order.
     Actions: `action_dim` dims, each discretised into `n_action_bins` bins on [-1, 1] and mapped to
@@ -141,7 +136,7 @@ class SGVLAConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         if self.views is None:
-            self.views = list(VIEW_NAMES)
+            self.views = list(VIEWS)
         if self.aux_decoders is None:
             self.aux_decoders = list(AUX_NAMES)
         if self.aux_weights is None:
@@ -162,10 +157,10 @@ class SGVLAConfig(PreTrainedConfig):
     # -- validation -------------------------------------------------------------------------
     def validate_sgvla(self) -> None:
         """Raise SgvlaError for settings that cannot work, before any weight is built."""
-        bad = [v for v in self.views if v not in VIEW_NAMES]
+        bad = [v for v in self.views if v not in VIEWS]
         if bad or not self.views or len(set(self.views)) != len(self.views):
             raise SgvlaError(f"config views={self.views} is invalid: give a non-empty list of distinct names "
-                             f"from {', '.join(VIEW_NAMES)}")
+                             f"from {', '.join(VIEWS)}")
         if not isinstance(self.history, int) or self.history < 0:
             raise SgvlaError(f"config history={self.history!r} must be an integer >= 0 (previous frames)")
         for key in ("aux_decoders", "aux_detach"):
@@ -242,7 +237,7 @@ class SGVLAConfig(PreTrainedConfig):
     @property
     def mask_cameras(self) -> tuple[str, ...]:
         """Cameras with at least one view: those whose target mask the mask decoder predicts."""
-        return tuple(c for c in ("head", "hand") if any(v.startswith(c + "_") for v in self.views))
+        return mask_cameras(self.views)
 
     def image_index(self, frame: int, view: str) -> int:
         """Position of (frame, view) among the V images; frame 0 is the oldest, `history` the current."""

@@ -36,11 +36,12 @@ from transformers.utils import ModelOutput
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.aux_decoders import AuxiliaryDecoders, QposDecoder
-from sgvla.model.configuration_sgvla import ACTION_MODES, AUX_NAMES, HUB_COMPONENTS, SGVLAConfig
+from sgvla.model.configuration_sgvla import ACTION_MODES, HUB_COMPONENTS, SGVLAConfig
 from sgvla.model.flow_expert import FlowMatchingExpert
 from sgvla.model.processing_sgvla import IGNORE_INDEX, SGVLAProcessor, build_byte_tokenizer
 from sgvla.model.vision import FusedMLPProjector, FusedVisionBackbone
 from sgvla.transforms import unit_to_towers, unnormalize_action
+from sgvla.vocab import AUX_NAMES
 
 LOSS_NAMES: tuple[str, ...] = ("action", *AUX_NAMES, "flow")
 

@@ -25,8 +25,8 @@ import torch
 from sgvla.batching import stack_columns
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
-from sgvla.model.configuration_sgvla import AUX_TARGETS
 from sgvla.transforms import normalize_for_towers, resize, to_unit_image
+from sgvla.vocab import AUX_TARGETS, view_kind
 
 IGNORE_INDEX = -100
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -215,7 +215,7 @@ class SGVLAProcessor:
             for view in c.views:
                 if view not in frame:
                     raise SgvlaError(f"a history frame lacks view {view!r}: give every frame views={c.views}")
-                images.append(resize(to_unit_image(_checked(frame[view], view), _kind(view)), c.image_size))
+                images.append(resize(to_unit_image(_checked(frame[view], view), view_kind(view)), c.image_size))
         return normalize_for_towers(torch.stack(images))
 
     # -- persistence -------------------------------------------------------------------------
@@ -266,16 +266,12 @@ def check_action_decoding(path: Path, config) -> None:
                          "how the model was trained; restore the checkpoint's own config.json")
 
 
-def _kind(view: str) -> str:
-    return "rgb" if view.endswith("_rgb") else "depth"
-
-
 def _checked(array: Any, view: str) -> Any:
     a = array if isinstance(array, torch.Tensor) else np.asarray(array)
-    ok = (a.ndim == 3 and a.shape[-1] == 3) if _kind(view) == "rgb" else \
+    ok = (a.ndim == 3 and a.shape[-1] == 3) if view_kind(view) == "rgb" else \
         (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 1))
     if not ok:
-        want = "uint8 (H, W, 3)" if _kind(view) == "rgb" else "millimetres (H, W) or (H, W, 1)"
+        want = "uint8 (H, W, 3)" if view_kind(view) == "rgb" else "millimetres (H, W) or (H, W, 1)"
         raise SgvlaError(f"observation[{view!r}] has shape {tuple(a.shape)}; expected {want}")
     return a
 

@@ -16,18 +16,12 @@ from sgvla.tasks import SUBTASKS
 from sgvla.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_state
 from sgvla.train.config import TrainConfig
 from sgvla.train.metrics import METRICS_FILE
+from sgvla.vocab import AUX_COLUMNS
 from sgvla.waits import reach_within
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 
-#: Dataset columns each auxiliary decoder is trained from.
-AUX_COLUMNS: dict[str, tuple[str, ...]] = {
-    "global_pos": ("base_pose",),
-    "grasp": ("is_grasped",),
-    "obj_pose": ("obj_pose",),
-    "qpos": ("qpos",),
-}
 ALWAYS_COLUMNS = ("action", "instruction", "subtask", "episode_index", "frame_index")
 
 
@@ -38,7 +32,7 @@ def required_columns(model_config) -> list[str]:
         if name == "mask":
             cols += [f"{cam}_mask" for cam in model_config.mask_cameras]
         else:
-            cols += list(AUX_COLUMNS.get(name, ()))
+            cols += list(AUX_COLUMNS[name])
     return list(dict.fromkeys(cols))
 
 
