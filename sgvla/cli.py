@@ -82,11 +82,14 @@ JOB_HELP = ("YAML job file: any option of this command under its name with under
 SET_HELP = "name=value over the job file (repeatable), e.g. --set episodes=30."
 
 
+def _job(ctx: typer.Context) -> dict:
+    return ctx.meta.setdefault("sgvla_job", {"file": {}, "sets": {}})
+
+
 def _job_defaults(ctx: typer.Context) -> None:
     """Click's default_map makes the job file's values the options' defaults, so flags given on the
     command line still win and required options may come from the file."""
-    job = ctx.meta.setdefault("sgvla_job", {"file": {}, "sets": {}})
-    values = {**job["file"], **job["sets"]}
+    values = {**_job(ctx)["file"], **_job(ctx)["sets"]}
     known = {p.name for p in ctx.command.params} - {"job", "set_"}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -106,8 +109,7 @@ def _read_job_file(ctx: typer.Context, param, path: Path | None) -> Path | None:
         raise typer.BadParameter(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{path} must be a mapping of option names to values")
-    ctx.meta.setdefault("sgvla_job", {"file": {}, "sets": {}})["file"] = {k.replace("-", "_"): v
-                                                                        for k, v in data.items()}
+    _job(ctx)["file"] = {k.replace("-", "_"): v for k, v in data.items()}
     _job_defaults(ctx)
     return path
 
@@ -119,7 +121,7 @@ def _read_sets(ctx: typer.Context, param, items: list[str]) -> list[str]:
         if not sep or not name.strip():
             raise typer.BadParameter(f"{item!r} is not name=value")
         sets[name.strip().replace("-", "_")] = value
-    ctx.meta.setdefault("sgvla_job", {"file": {}, "sets": {}})["sets"] = sets
+    _job(ctx)["sets"] = sets
     _job_defaults(ctx)
     return items
 
