@@ -63,6 +63,12 @@ def test_card_reports_attached_results_and_no_local_paths(run, tmp_path, capsys)
     assert "would upload" in capsys.readouterr().out
 
 
+def test_results_of_the_run_folder_count_as_its_final_model(run, tmp_path):
+    """`sgvla eval --model RUN` records RUN, and evaluates RUN/model: the card takes its results."""
+    push_model(run, REPO, results=[_eval_out(tmp_path / "ev", run)], dry_run=True)
+    assert "0.60 (3/5)" in (run / "model" / "README.md").read_text()
+
+
 def test_card_without_results_says_so(run):
     push_model(run, REPO, dry_run=True)
     assert "No closed-loop evaluation is attached" in (run / "model" / "README.md").read_text()

@@ -60,6 +60,8 @@ def read_results(folder: Path, model: Path) -> dict:
     if "aggregate" not in res or "model" not in res:
         raise SgvlaError(f"--results {f} is not an `sgvla eval` results file (no 'aggregate'/'model')")
     evaluated = Path(str(res["model"]))
+    if (evaluated / FINAL_MODEL_DIR / "config.json").is_file():  # `sgvla eval --model RUN` loads RUN/model
+        evaluated = evaluated / FINAL_MODEL_DIR
     if not evaluated.exists() or os.path.realpath(evaluated) != os.path.realpath(model):
         raise SgvlaError(f"--results {f} evaluated {res['model']}, not {model}: attach results of the model "
                          "being pushed only")
