@@ -147,6 +147,26 @@ def static_bytes(overrides: dict) -> tuple[int, int]:
     return trainable, total
 
 
+def measure_in_subprocess(config: Path) -> tuple:
+    """One config's measurements in a fresh process: the allocator of a process that built and freed
+    several full-width models keeps their memory, and a 24 GB machine runs out by the third."""
+    import json
+    import subprocess
+
+    res = subprocess.run([sys.executable, __file__, "--measure", str(config)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"measuring {config.name} failed:\n{res.stderr[-2000:]}")
+    return tuple(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def measure(config: Path) -> tuple:
+    over, _, _ = overrides_of(config)
+    plain, plain_step = per_sample(over, checkpointing=False)
+    ck, ck_step = per_sample(over, checkpointing=True)
+    trainable, _ = static_bytes(over)
+    return plain, plain_step, ck, ck_step, trainable
+
+
 def overrides_of(path: Path) -> tuple[dict, int, bool]:
     cfg = load_config(path)
     return cfg.model.preset_overrides(), cfg.train.micro_batch_size, cfg.model.gradient_checkpointing
@@ -161,7 +181,13 @@ def main() -> None:
     ap.add_argument("--gpu-gb", type=float, default=80.0)
     ap.add_argument("--headroom", type=float, default=0.9, help="Fraction of the GPU the step may use.")
     ap.add_argument("--configs", nargs="*", default=sorted(glob.glob(str(ROOT / "configs" / "table*.yaml"))))
+    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: one config, JSON out
     args = ap.parse_args()
+    if args.measure is not None:
+        import json
+
+        print(json.dumps(measure(args.measure)))
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     gb = 1024 ** 3
     budget = args.gpu_gb * gb * args.headroom
@@ -174,10 +200,7 @@ def main() -> None:
         over, micro, ckpt_on = overrides_of(path)
         key = repr([over.get(k) for k in ("views", "history", "aux_decoders", "use_flow_expert")])
         if key not in cache:
-            plain, plain_step = per_sample(over, checkpointing=False)
-            ck, ck_step = per_sample(over, checkpointing=True)
-            trainable, _ = static_bytes(over)
-            cache[key] = (plain, plain_step, ck, ck_step, trainable)
+            cache[key] = measure_in_subprocess(path)
         plain, plain_step, ck, ck_step, trainable = cache[key]
         act = sum(plain[p] for p in PARTS)
         act_ck = sum(ck[p] for p in PARTS)
