@@ -105,7 +105,7 @@ def test_every_preset_loads_and_builds_its_model_config(path):
     mc = model_config(cfg)
     stages = plan_stages(cfg, bool(mc.use_flow_expert))
     assert stages, path
-    if not path.stem.startswith(("tiny", "cpu_", "study_")):  # the paper's optimisation settings (section 6.1)
+    if not path.stem.startswith(("tiny", "cpu_", "study_", "diag_")):  # the paper's optimisation settings (section 6.1)
         assert cfg.optim.lr == pytest.approx(2e-5) and cfg.train.global_batch_size == 512
         assert mc.aux_weights["grasp"] == 5.0 and mc.aux_weights["qpos"] == 1.0
 

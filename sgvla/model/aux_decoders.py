@@ -103,9 +103,9 @@ class MaskDecoder(nn.Module):
         b, p, _ = grid_tokens.shape
         g = math.isqrt(p)
         x = self.proj(grid_tokens).transpose(1, 2).reshape(b, -1, g, g)
-        if g != self.start:
-            x = F.interpolate(x, size=(self.start, self.start), mode="bilinear", align_corners=False,
-                              antialias=g > self.start)
+        if g != self.start:  # in fp32: antialiased resampling has no bf16 kernel on CPU
+            x = F.interpolate(x.float(), size=(self.start, self.start), mode="bilinear", align_corners=False,
+                              antialias=g > self.start).to(x.dtype)
         return self.head(self.up(x)).squeeze(1)
 
 
