@@ -20,7 +20,7 @@ from sgvla.eval.report import aggregate, markdown_table, write_results
 from sgvla.hub import names_hub_repo
 from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, split_seeds, subtasks_for
-from sgvla.vocab import VIEWS  # what every env family renders: both cameras, RGB and depth
+from sgvla.vocab import VIEWS, view_kind  # what every env family renders: both cameras, RGB and depth
 
 MODES = ("tokens", "flow", "auto")
 
@@ -96,8 +96,6 @@ def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path,
     return subs
 
 
-
-
 def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     """Render only what the policy needs; a model's views are checked against the env before any rollout."""
     if is_reference(model):
@@ -127,7 +125,7 @@ def _obs_mode_of_views(model: str, views: list[str]) -> str:
     if missing:
         raise SgvlaError(f"--model {model} needs views {missing} that the env does not render "
                          f"(it renders {', '.join(VIEWS)}): evaluate a model trained on those views")
-    return "rgb+depth" if any(v.endswith("depth") for v in views) else "rgb"
+    return "rgb+depth" if any(view_kind(v) == "depth" for v in views) else "rgb"
 
 
 def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: str,

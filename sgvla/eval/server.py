@@ -22,6 +22,7 @@ import numpy as np
 
 from sgvla.errors import SgvlaError
 from sgvla.eval.wire import pack, unpack
+from sgvla.vocab import view_kind
 
 DEFAULT_PORT = 8000
 
@@ -49,9 +50,9 @@ def check_request(request: Any, views: list[str]) -> None:
             a = frame[v]
             if not isinstance(a, np.ndarray):
                 raise SgvlaError(f"{v!r} must be a numpy array (got {type(a).__name__})")
-            if v.endswith("_rgb") and a.dtype != np.uint8:
+            if view_kind(v) == "rgb" and a.dtype != np.uint8:
                 raise SgvlaError(f"{v!r} must be uint8 RGB (got {a.dtype})")
-            if v.endswith("_depth") and a.dtype.kind not in "uif":
+            if view_kind(v) == "depth" and a.dtype.kind not in "uif":
                 raise SgvlaError(f"{v!r} must be depth in millimetres, integer or float (got {a.dtype})")
 
 

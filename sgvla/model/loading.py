@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from sgvla.errors import SgvlaError, load_json
+from sgvla.hub import is_repo_id
 from sgvla.model.configuration_sgvla import SGVLAConfig
 from sgvla.model.processing_sgvla import SGVLAProcessor, ensure_action_tokens
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def load_sgvla(cls, path: str | os.PathLike, *args, **kwargs):
     """`SGVLAForActionPrediction.from_pretrained` with strict shape checks and the saved tokenizer."""
     from transformers import PreTrainedConfig
 
-    if not Path(path).exists() and not _HUB_ID.fullmatch(str(path)):
+    if not Path(path).exists() and not is_repo_id(str(path)):
         raise SgvlaError(f"checkpoint folder {path} does not exist: give a folder written by save_pretrained")
     try:
         cfg_dict, _ = PreTrainedConfig.get_config_dict(str(path))
