@@ -48,6 +48,7 @@ def test_yaml_base_chain_and_overrides(tmp_path):
     ({"data": {"subtasks": []}}, ["data.subtasks", "empty"]),
     ({"optim": {"lr_schedule": "linear"}}, ["optim.lr_schedule", "cosine"]),
     ({"optim": {"min_lr_ratio": 2}}, ["min_lr_ratio"]),
+    ({"train": {"wandb_mode": "cloud"}}, ["train.wandb_mode", "offline"]),
 ])
 def test_bad_config_values_are_named(bad, words):
     with pytest.raises(SgvlaError) as e:
@@ -168,3 +169,15 @@ def test_metrics_truncate_on_resume_and_plot(tmp_path):
     with pytest.raises(SgvlaError, match="no records"):
         plot_run(tmp_path / "empty")
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 10.0
+
+
+def test_wandb_without_the_package_is_named_before_training(monkeypatch):
+    import importlib.util
+
+    from sgvla.train.preflight import check_tracking
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    check_tracking(config_from_dict({}))  # off by default: nothing needed
+    with pytest.raises(SgvlaError, match=r"train.wandb='p' but the wandb package is not installed.*pip install"):
+        check_tracking(config_from_dict({"train": {"wandb": "p"}}))

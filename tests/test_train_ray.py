@@ -196,3 +196,49 @@ def test_fsdp_trains_the_same_model_as_ddp(run_a, dataset, tmp_path):
     after = load_file(out / "model" / "model.safetensors")
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(k.startswith("expert.") for k in changed)
+
+
+def _wandb_history(path: Path) -> list[dict]:
+    """The history records of an offline W&B run file (`run-ID.wandb`): a LevelDB-style log (32 KiB
+    blocks of records with a 7-byte header: CRC, length, kind) after a 7-byte file header, each
+    record a `wandb_internal_pb2.Record` protobuf."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:8]
+    pos, block, pieces, out = 7, 32 * 1024, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7]) if left >= 7 else (0, 0)
+        if length == 0 and kind == 0:  # block padding
+            pos += left
+            continue
+        pieces += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            rec = pb.Record()
+            rec.ParseFromString(pieces)
+            pieces = b""
+            if rec.WhichOneof("record_type") == "history":
+                out.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+    return out
+
+
+def test_wandb_mirrors_the_metrics_and_a_resume_keeps_the_run_id(dataset, tmp_path):
+    from sgvla.train.preflight import run_id
+
+    out = tmp_path / "run_w"
+    wandb = ["train.wandb=sgvla-test", "train.wandb_mode=offline", "stage2.epochs=1"]
+    summary = run_train(TINY, str(dataset), out, workers=1, overrides=OVERRIDES + wandb)
+    rid = run_id(out)
+    files = list((out / "wandb").glob(f"offline-run-*-{rid}/run-{rid}.wandb"))
+    assert len(files) == 1, list((out / "wandb").rglob("*"))
+    history = _wandb_history(files[0])
+    records = read_metrics(out)
+    assert [h["_step"] for h in history] == [r["global_step"] for r in records] == list(range(1, summary["steps"] + 1))
+    for h, r in zip(history, records, strict=True):
+        assert h["train/loss"] == pytest.approx(r["loss"]) and h["train/lr"] == pytest.approx(r["lr"])
+    run_train(TINY, str(dataset), out, workers=1, resume=True, overrides=OVERRIDES + wandb)
+    assert run_id(out) == rid and len(list((out / "wandb").glob(f"offline-run-*-{rid}"))) == 2

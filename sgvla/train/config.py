@@ -31,6 +31,7 @@ SCHEDULES = ("progressive", "naive")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 STRATEGIES = ("ddp", "fsdp")
+WANDB_MODES = ("online", "offline")
 
 
 @dataclass
@@ -120,6 +121,12 @@ class TrainSection:
     max_failures: int = 2
     #: CPUs Ray reserves per training worker.
     cpus_per_worker: float = 1.0
+    #: Weights & Biases project the metrics are mirrored to ("" = off; needs `pip install wandb`).
+    #: Rank 0 logs through Ray's W&B integration; a resumed run continues the same W&B run.
+    wandb: str = ""
+    #: "online" (needs `wandb login` or WANDB_API_KEY) or "offline" (files under RUN/wandb; upload
+    #: later with `wandb sync`).
+    wandb_mode: str = "online"
 
 
 @dataclass
@@ -322,6 +329,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         raise SgvlaError(f"{where}: train.precision must be one of {PRECISIONS}, got {t.precision!r}")
     if t.strategy not in STRATEGIES:
         raise SgvlaError(f"{where}: train.strategy must be one of {STRATEGIES}, got {t.strategy!r}")
+    if t.wandb_mode not in WANDB_MODES:
+        raise SgvlaError(f"{where}: train.wandb_mode must be one of {WANDB_MODES}, got {t.wandb_mode!r}")
     if t.global_batch_size < 1 or t.micro_batch_size < 1:
         raise SgvlaError(f"{where}: train.global_batch_size and train.micro_batch_size must be >= 1")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1 or t.max_failures < 0 or t.export_every < 0:

@@ -32,7 +32,7 @@ from sgvla.train.checkpoint import CHECKPOINT_DIR
 from sgvla.train.config import batch_plan, load_config
 from sgvla.train.loop import FINAL_MODEL_DIR, SNAPSHOTS_DIR, STAGES_DIR, worker_entry
 from sgvla.train.metrics import METRICS_FILE, read_metrics
-from sgvla.train.preflight import check_output, inspect_dataset, write_run_file
+from sgvla.train.preflight import check_output, check_tracking, inspect_dataset, run_id, write_run_file
 from sgvla.train.stages import plan_stages
 
 
@@ -97,6 +97,7 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
     accum = batch_plan(cfg, workers)
     mc = modelops.model_config(cfg)
     plan_stages(cfg, bool(mc.use_flow_expert))
+    check_tracking(cfg)
     info = inspect_dataset(str(dataset), cfg, mc)
     output = Path(output).expanduser().resolve()
     prior = check_output(output, resume, cfg, info.source)
@@ -183,7 +184,8 @@ def _fit(cfg, info, output: Path, workers: int, gpus: float) -> dict:
     _drop_torn_ray_snapshot(output)
     use_gpu = gpus > 0
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if use_gpu else {})}
-    payload = {"config": cfg.to_dict(), "data": dataclasses.asdict(info), "run_dir": str(output)}
+    payload = {"config": cfg.to_dict(), "data": dataclasses.asdict(info), "run_dir": str(output),
+               "run_id": run_id(output)}
     trainer = TorchTrainer(
         worker_entry,
         train_loop_config=payload,

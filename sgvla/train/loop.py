@@ -42,7 +42,7 @@ from sgvla.train.checkpoint import (
     write_checkpoint,
 )
 from sgvla.train.config import TrainConfig, batch_plan, config_from_dict
-from sgvla.train.metrics import MetricsLogger
+from sgvla.train.metrics import MetricsLogger, open_wandb
 from sgvla.train.stages import Stage, plan_stages, stage_lr
 
 FINAL_MODEL_DIR = "model"
@@ -190,8 +190,9 @@ class Worker:
     """Runs a config's stage plan on one rank; see the module doc."""
 
     def __init__(self, cfg: TrainConfig, data: dict, run_dir: Path, env: WorkerEnv,
-                 reporter: Reporter | None = None, progress: Callable | None = None) -> None:
+                 reporter: Reporter | None = None, progress: Callable | None = None, run_id: str = "") -> None:
         self.cfg, self.data, self.run_dir, self.env = cfg, data, Path(run_dir), env
+        self.run_id = run_id or self.run_dir.name
         self.reporter = reporter or Reporter()
         self.progress = progress
         self.ckpt_root = self.run_dir / CHECKPOINT_DIR
@@ -234,7 +235,15 @@ class Worker:
             torch.manual_seed(epoch_seed(self.cfg.train.seed, 1000 + self.env.rank, self.state.global_step))
         else:  # fresh start: identical weights everywhere (seeded in __init__), own noise per rank
             seed_rank(self.cfg.train.seed, self.env.rank)
-        self.logger = MetricsLogger(self.run_dir, self.state.global_step, enabled=self.env.rank == 0)
+        self.logger = MetricsLogger(self.run_dir, self.state.global_step, enabled=self.env.rank == 0,
+                                    tracker=self._tracker())
+
+    def _tracker(self):
+        """The W&B run of rank 0 when `train.wandb` names a project (None otherwise)."""
+        t = self.cfg.train
+        if not t.wandb or self.env.rank != 0:
+            return None
+        return open_wandb(t.wandb, t.wandb_mode, self.run_dir, self.run_id, self.cfg.to_dict())
 
     # -- checkpoints ------------------------------------------------------------------------
     def _gather_rngs(self) -> list[dict]:
@@ -385,4 +394,5 @@ def worker_entry(payload: dict) -> None:
     cfg = config_from_dict(payload["config"], where="run config")
     from sgvla.train.progress import stage_bar
 
-    Worker(cfg, payload["data"], Path(payload["run_dir"]), env, RayReporter(env.rank), stage_bar).run()
+    Worker(cfg, payload["data"], Path(payload["run_dir"]), env, RayReporter(env.rank), stage_bar,
+           run_id=payload["run_id"]).run()

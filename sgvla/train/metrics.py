@@ -1,4 +1,5 @@
-"""Per-step training metrics: one JSON line per optimizer step, mirrored to TensorBoard.
+"""Per-step training metrics: one JSON line per optimizer step, mirrored to TensorBoard (and to
+Weights & Biases when `train.wandb` names a project).
 
 `RUN/metrics.jsonl` is the record `sgvla plot` and the tests read. On a resume the lines written
 after the checkpoint being resumed from are dropped first (the steps are about to be redone), so
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from sgvla.dataset.atomic import write_text_atomic
@@ -40,13 +42,27 @@ def truncate_metrics(run: Path, keep_through_step: int) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-class MetricsLogger:
-    """Appends step records to metrics.jsonl and TensorBoard (rank 0 only; others get a no-op)."""
+def open_wandb(project: str, mode: str, run: Path, run_id: str, config: dict):
+    """The W&B run the metrics go to, opened through Ray's integration (which gives other ranks a
+    disabled run). The id is the sgvla run's own, so a resumed run continues its W&B run; files go
+    under RUN/wandb, next to metrics.jsonl, where `wandb sync` finds an offline run."""
+    from ray.air.integrations.wandb import setup_wandb
 
-    def __init__(self, run: Path, start_step: int, enabled: bool = True) -> None:
+    os.environ["WANDB_MODE"] = mode  # wandb's own switch; Ray's integration asks for an API key unless offline
+    name = Path(run).name
+    return setup_wandb(config=config, project=project, rank_zero_only=True, trial_id=run_id, trial_name=name,
+                       group=None, mode=mode, dir=str(run), resume="allow")
+
+
+class MetricsLogger:
+    """Appends step records to metrics.jsonl, TensorBoard and an optional W&B run (`tracker`,
+    anything with `log(dict, step=)` and `finish()`); rank 0 only, others get a no-op."""
+
+    def __init__(self, run: Path, start_step: int, enabled: bool = True, tracker=None) -> None:
         self.enabled = enabled
         self._file = None
         self._tb = None
+        self._tracker = tracker if enabled else None
         if not enabled:
             return
         run = Path(run)
@@ -65,14 +81,16 @@ class MetricsLogger:
             return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        step = record["global_step"]
+        scalars = {f"train/{k}": v for k, v in record.items()
+                   if k not in ("global_step", "epoch", "stage") and isinstance(v, (int, float))
+                   and not (isinstance(v, float) and not math.isfinite(v))}
         if self._tb is not None:
-            step = record["global_step"]
-            for key, value in record.items():
-                if key in ("global_step", "epoch", "stage") or not isinstance(value, (int, float)):
-                    continue
-                if isinstance(value, float) and not math.isfinite(value):
-                    continue
-                self._tb.add_scalar(f"train/{key}", value, step)
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._tracker is not None:
+            # W&B drops steps at or below its last one: after a resume, the redone steps are skipped there.
+            self._tracker.log({**scalars, "train/stage": record.get("stage")}, step=step)
 
     def close(self) -> None:
         if self._file is not None:
@@ -81,3 +99,6 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._tracker is not None:
+            self._tracker.finish()
+            self._tracker = None

@@ -8,6 +8,8 @@ checkpoint) is found here and raised as one SgvlaError sentence instead.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +185,15 @@ def inspect_dataset(dataset: str, cfg: TrainConfig, model_config) -> DatasetInfo
 # The output folder
 
 
+def check_tracking(cfg: TrainConfig) -> None:
+    """W&B is optional: name the missing package here rather than in a worker's traceback."""
+    import importlib.util
+
+    if cfg.train.wandb and importlib.util.find_spec("wandb") is None:
+        raise SgvlaError(f"train.wandb={cfg.train.wandb!r} but the wandb package is not installed: "
+                         "`pip install 'sgvla[wandb]'` (or wandb) into this environment, or drop train.wandb")
+
+
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     out = []
@@ -245,4 +256,14 @@ def write_run_file(output: Path, cfg: TrainConfig, dataset: str, workers: int) -
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output / CONFIG_FILE, cfg.to_yaml())
     write_json_atomic(output / RUN_FILE, {"fingerprint": cfg.compat_fingerprint(), "dataset": dataset,
-                                          "workers": workers, "compat": cfg.compat_view()})
+                                          "workers": workers, "compat": cfg.compat_view(),
+                                          "run_id": uuid.uuid4().hex[:12]})
+
+
+def run_id(output: Path) -> str:
+    """The run's own id (experiment trackers use it, so a resumed run continues its record); runs
+    from before run.json kept one get a stable id derived from their folder and fingerprint."""
+    info = load_json(Path(output) / RUN_FILE, "delete it and start the run anew")
+    if info.get("run_id"):
+        return str(info["run_id"])
+    return hashlib.sha256(f"{Path(output).resolve()}|{info.get('fingerprint')}".encode()).hexdigest()[:12]
