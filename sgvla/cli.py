@@ -217,6 +217,27 @@ def viz(
         typer.echo(f"wrote {p}")
 
 
+@command("export")
+def export(
+    dataset: Path = typer.Argument(..., help="Dataset folder written by `sgvla gen`."),
+    out: Path = typer.Option(..., help="Folder to write the export to (new or empty; see --overwrite)."),
+    format_: str = typer.Option("lerobot", "--format", help="Export format: lerobot."),
+    version: str = typer.Option("3.0", help="LeRobot dataset version: 3.0 (current LeRobot) or 2.1 (openpi)."),
+    config: str | None = typer.Option(None, help="Config (task) to export; default: every config in the folder."),
+    split: str = typer.Option("train", help="Split to export."),
+    overwrite: bool = typer.Option(False, help="Replace what --out holds."),
+) -> None:
+    """Export a split as a LeRobot dataset (images, depth, masks, state, action, stats) plus openpi's
+    norm_stats.json."""
+    from sgvla.dataset.export_lerobot import export_lerobot
+
+    if format_ != "lerobot":
+        raise SgvlaError(f"--format {format_!r} is not supported: use --format lerobot")
+    s = export_lerobot(dataset, out, version=version, config=config, split=split, overwrite=overwrite)
+    typer.echo(f"wrote {s.out}: LeRobot v{s.version}, {s.episodes} episodes, {s.frames} frames, {s.tasks} tasks "
+               f"(+ norm_stats.json for openpi)")
+
+
 @command("push-dataset")
 def push_dataset(
     path: Path = typer.Argument(..., help="Dataset folder."),

@@ -24,6 +24,17 @@ MASK_FIELDS: tuple[str, ...] = tuple(f"{c}_mask" for c in CAMERAS)
 
 ACTION_DIM = 13
 QPOS_DIM = 12
+#: The 12 `qpos` joints in order: Fetch's non-base joints, robot.qpos[3:] (MS-HAB's obs/agent/qpos).
+QPOS_NAMES: tuple[str, ...] = ("torso_lift", "head_pan", "shoulder_pan", "head_tilt", "shoulder_lift",
+                               "upperarm_roll", "elbow_flex", "forearm_roll", "wrist_flex", "wrist_roll",
+                               "r_gripper_finger", "l_gripper_finger")
+#: The 13 action dimensions in order (pd_joint_delta_pos): arm deltas, gripper, head pan/tilt +
+#: torso, base forward velocity and yaw rate.
+ACTION_NAMES: tuple[str, ...] = ("shoulder_pan", "shoulder_lift", "upperarm_roll", "elbow_flex", "forearm_roll",
+                                 "wrist_flex", "wrist_roll", "gripper", "head_pan", "head_tilt", "torso_lift",
+                                 "base_forward_velocity", "base_yaw_rate")
+#: Components of every 7-D pose field (position, then a wxyz quaternion).
+POSE_NAMES: tuple[str, ...] = ("x", "y", "z", "qw", "qx", "qy", "qz")
 
 #: Auxiliary decoders of the paper (Table 1); "mask" covers the mask of every camera.
 AUX_NAMES: tuple[str, ...] = ("global_pos", "grasp", "obj_pose", "qpos", "mask")
@@ -68,3 +79,5 @@ def view_sensor(view: str) -> tuple[str, str]:
 def mask_cameras(views) -> tuple[str, ...]:
     """Cameras with at least one of `views`: those whose target mask a mask decoder predicts."""
     return tuple(c for c in CAMERAS if any(view_camera(v) == c for v in views))
+
+assert len(QPOS_NAMES) == QPOS_DIM and len(ACTION_NAMES) == ACTION_DIM
