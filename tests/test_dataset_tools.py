@@ -147,3 +147,17 @@ def test_published_card_names_the_repo_cites_the_paper_and_leaves_local_paths_ho
         push_dataset(ds, repo_id="someone/sgvla-test")
     card = (ds / "README.md").read_text()
     assert "USER/NAME" not in card and 'load_dataset("someone/sgvla-test", ' in card
+
+
+def test_shards_compress_every_column_but_the_images(good):
+    """Nested columns (vectors, image structs) are compressed by their leaf names, or not at all."""
+    import pyarrow.parquet as pq
+
+    from sgvla.dataset.schema import IMAGE_FIELDS
+
+    shard = sorted(good.glob("*/data/*.parquet"))[0]
+    meta = pq.ParquetFile(shard).metadata.row_group(0)
+    codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert codecs["qpos.list.element"] == codecs["action.list.element"] == codecs["episode_index"] == "ZSTD"
+    assert all(c == "UNCOMPRESSED" for p, c in codecs.items() if p.split(".")[0] in IMAGE_FIELDS)
+    assert all(c == "ZSTD" for p, c in codecs.items() if p.split(".")[0] not in IMAGE_FIELDS), codecs

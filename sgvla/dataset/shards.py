@@ -16,8 +16,21 @@ import pyarrow.parquet as pq
 from sgvla.dataset.atomic import write_atomic
 from sgvla.dataset.schema import FEATURES, IMAGE_FIELDS
 
-#: Images are already PNG-compressed: a second codec only costs time.
-_COMPRESSION = {name: ("none" if name in IMAGE_FIELDS else "zstd") for name in FEATURES}
+
+def _leaf_paths(name: str, typ: pa.DataType) -> list[str]:
+    """Parquet's names for the leaf columns of an Arrow field (`qpos.list.element`, `head_rgb.bytes`):
+    per-column compression matches these only; a top-level name alone leaves nested columns raw."""
+    if pa.types.is_struct(typ):
+        return [leaf for i in range(typ.num_fields) for leaf in _leaf_paths(f"{name}.{typ.field(i).name}",
+                                                                            typ.field(i).type)]
+    if pa.types.is_list(typ) or pa.types.is_fixed_size_list(typ) or pa.types.is_large_list(typ):
+        return _leaf_paths(f"{name}.list.element", typ.value_type)
+    return [name]
+
+
+#: zstd for everything but the images, which are already PNG-compressed (a second codec only costs time).
+_COMPRESSION = {leaf: ("none" if f.name in IMAGE_FIELDS else "zstd")
+                for f in FEATURES.arrow_schema for leaf in _leaf_paths(f.name, f.type)}
 
 
 def rows_to_table(columns: dict[str, list]) -> pa.Table:
