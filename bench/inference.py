@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from sgvla.model import SGVLAConfig, SGVLAForActionPrediction
+from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor
 
 STATS = {"q01": [-1.0] * 13, "q99": [1.0] * 13}
 INSTRUCTION = "pick up the red bowl from the kitchen counter"
@@ -65,7 +65,7 @@ def bench_size(name: str, repeats: int, device: str, dtype: torch.dtype) -> dict
     model = model.to(device=device, dtype=dtype).eval()
     build_s = time.perf_counter() - t0
     obs = observation()
-    proc = model.processor
+    proc = SGVLAProcessor.from_config(model.config)
     pixels = {k: v.unsqueeze(0).to(device) for k, v in proc.observation_pixels(obs).items()}
     ids = torch.tensor([proc.prompt_ids(INSTRUCTION)], device=device)
 
@@ -77,8 +77,10 @@ def bench_size(name: str, repeats: int, device: str, dtype: torch.dtype) -> dict
     warmup = 1 if name == "tiny" or device == "cuda" else 0  # a 30-s CPU forward needs no warm-up
     r: dict[str, float] = {"build_s": build_s}
     r["prefix_s"], _ = timed(prefix, repeats, warmup, device)
-    r["tokens_s"], _ = timed(lambda: model.predict_action(obs, INSTRUCTION, mode="tokens"), repeats, warmup, device)
-    r["flow_s"], _ = timed(lambda: model.predict_action(obs, INSTRUCTION, mode="flow"), repeats, warmup, device)
+    r["tokens_s"], _ = timed(lambda: model.predict_action(obs, INSTRUCTION, mode="tokens", processor=proc), repeats,
+                             warmup, device)
+    r["flow_s"], _ = timed(lambda: model.predict_action(obs, INSTRUCTION, mode="flow", processor=proc), repeats,
+                           warmup, device)
     r["ours_s"], ours = timed(lambda: model.decode_action_tokens(pixels, ids), repeats, warmup, device)
     r["generate_s"], ref = timed(lambda: model.generate_action_tokens(pixels, ids), repeats, warmup, device)
     r["same_tokens"] = float(torch.equal(ours, ref))

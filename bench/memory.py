@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sgvla.model import SGVLAConfig, SGVLAForActionPrediction  # noqa: E402
+from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor  # noqa: E402
 from sgvla.train.config import load_config  # noqa: E402
 from sgvla.train.modelops import enable_gradient_checkpointing  # noqa: E402
 from sgvla.transforms import normalize_for_towers  # noqa: E402
@@ -106,7 +106,7 @@ def saved_bytes(overrides: dict, blocks: int, batch: int, checkpointing: bool) -
     model.configure_stage(2)
     if checkpointing:
         enable_gradient_checkpointing(model)
-    b = model.processor.collate([sample(model.config, i) for i in range(batch)])
+    b = SGVLAProcessor.from_config(model.config).collate([sample(model.config, i) for i in range(batch)])
     rec = SavedBytes(model)
     with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t), \
             torch.autocast("cpu", dtype=torch.bfloat16):

@@ -32,21 +32,21 @@ def _model_and_data(config: Path, dataset: Path):
     cfg = load_config(config, ["data.loader_workers=0"])
     info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, modelops.model_config(cfg)))
     torch.manual_seed(0)
-    model = modelops.build_model(cfg, info["stats"])
+    model, processor = modelops.build_model(cfg, info["stats"])
     ds, _ = modelops.build_dataset(cfg, info, model.config)
-    return cfg, model, ds
+    return cfg, model, processor, ds
 
 
 def train_rate(config: Path, dataset: Path, steps: int, warmup: int = 3) -> float:
     """Samples/s of stage-2 steps (forward, backward, Adam) at the config's micro batch, one thread."""
     from torch.utils.data import DataLoader
 
-    cfg, model, ds = _model_and_data(config, dataset)
+    cfg, model, processor, ds = _model_and_data(config, dataset)
     model.configure_stage(2)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     loader = DataLoader(ds, batch_size=cfg.train.micro_batch_size, shuffle=True, drop_last=True,
-                        collate_fn=model.processor.collate)
+                        collate_fn=processor.collate)
     batches = [b for _, b in zip(range(warmup + steps), _cycle(loader), strict=False)]
     t_total = 0.0
     for i, batch in enumerate(batches):
@@ -86,12 +86,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)  # as a Ray Train worker with train.cpus_per_worker=1
     from sgvla.dataset.synthetic import write_synthetic_dataset
+    from sgvla.model import save_policy
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_synthetic_dataset(Path(tmp) / "data", episodes={"train": [16] * 8})
         rates = {name: train_rate(path, data, args.steps) for name, path in CONFIGS.items()}
-        _, model, _ = _model_and_data(CONFIGS["cpu_recipe"], data)
-        model.save_pretrained(Path(tmp) / "recipe")
+        _, model, processor, _ = _model_and_data(CONFIGS["cpu_recipe"], data)
+        save_policy(model, processor, Path(tmp) / "recipe")
         evals = {"expert": eval_rate("expert", "auto", Path(tmp) / "e0", args.episodes, args.max_steps)}
         for mode in ("tokens", "flow"):
             evals[f"recipe/{mode}"] = eval_rate(str(Path(tmp) / "recipe"), mode, Path(tmp) / mode, args.episodes,

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sgvla.eval.policies import ServerConnection  # noqa: E402
-from sgvla.model import SGVLAConfig, SGVLAForActionPrediction  # noqa: E402
+from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor, load_policy, save_policy  # noqa: E402
 
 VIEWS = ["head_rgb", "hand_rgb", "head_depth", "hand_depth"]
 STATS = {k: [v] * 13 for k, v in (("q01", -1.0), ("q99", 1.0), ("mean", 0.0), ("std", 1.0),
@@ -64,11 +64,12 @@ def main() -> None:
         path = Path(tmp) / "model"
         torch.manual_seed(0)
         cfg = SGVLAConfig.from_preset("tiny", views=VIEWS, use_flow_expert=False, action_stats=STATS)
-        SGVLAForActionPrediction(cfg).save_pretrained(path)
-        model = SGVLAForActionPrediction.from_pretrained(path).eval()
+        save_policy(SGVLAForActionPrediction(cfg), SGVLAProcessor.from_config(cfg), path)
+        model, processor = load_policy(path)
+        model.eval()
         obs = [observation(i) for i in range(8)]
-        local = timed(lambda i: model.predict_action(obs[i % 8], "close the drawer", mode="tokens"),
-                      args.queries, args.warmup)
+        local = timed(lambda i: model.predict_action(obs[i % 8], "close the drawer", mode="tokens",
+                                                     processor=processor), args.queries, args.warmup)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

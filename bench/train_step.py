@@ -55,14 +55,14 @@ def bare_loop(args, dataset: Path) -> float:
     torch.set_num_threads(1)  # as a Ray Train worker with train.cpus_per_worker=1 (OMP_NUM_THREADS=1)
     info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, modelops.model_config(cfg)))
     torch.manual_seed(0)
-    model = modelops.build_model(cfg, info["stats"])
+    model, processor = modelops.build_model(cfg, info["stats"])
     ds, _ = modelops.build_dataset(cfg, info, model.config)
     model.configure_stage(2)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     micro, accum = cfg.train.micro_batch_size, batch_plan(cfg, 1)  # as the trainer derives it
     loader = DataLoader(ds, batch_size=micro, shuffle=True, drop_last=True,
-                        collate_fn=model.processor.collate, num_workers=args.loader_workers,
+                        collate_fn=processor.collate, num_workers=args.loader_workers,
                         prefetch_factor=4 if args.loader_workers else None)
     it, times = iter(loader), []
     for _ in range(args.warmup + args.steps):
@@ -92,7 +92,7 @@ def ray_run(args, dataset: Path, workers: int, out: Path) -> float:
 
 def full_size(args) -> None:
     """bf16 samples/s and peak memory of the full-size model on one GPU (random init)."""
-    from sgvla.model import SGVLAConfig, SGVLAForActionPrediction
+    from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor
 
     dev = torch.device("cuda")
     cfg = SGVLAConfig.from_preset("sgvla-1.3b", aux_decoders=["grasp", "qpos", "global_pos"],
@@ -101,7 +101,7 @@ def full_size(args) -> None:
     model.configure_stage(2)
     opt = torch.optim.Adam(model.parameters(), lr=2e-5)
     b, v, s = 32, cfg.n_images, cfg.image_size
-    proc = model.processor
+    proc = SGVLAProcessor.from_config(cfg)
     samples = [{"instruction": "pick up the red bowl", "action": torch.rand(13) * 2 - 1,
                 "pixel_values": {"dino": torch.randn(v, 3, s, s), "siglip": torch.randn(v, 3, s, s)},
                 "aux": {"grasp": torch.tensor(1.0), "qpos": torch.randn(12), "global_pos": torch.randn(2)},

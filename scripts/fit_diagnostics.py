@@ -27,9 +27,10 @@ VIEWS = ["head_rgb", "hand_rgb", "head_depth", "hand_depth"]
 
 
 def tokens(args) -> None:
-    from sgvla.model.modeling_sgvla import SGVLAForActionPrediction
+    from sgvla.model import load_policy
 
-    model = SGVLAForActionPrediction.from_pretrained(args.model).eval()
+    model, processor = load_policy(args.model)
+    model.eval()
     c, tok = model.config, model.action_tokenizer
     ds = SgvlaTorchDataset(args.dataset, views=c.views, image_size=c.image_size, chunk_size=c.chunk_size,
                            stats={"action": c.action_stats}, masks=False)
@@ -37,7 +38,7 @@ def tokens(args) -> None:
     ce, teacher, greedy = (np.zeros(c.action_dim) for _ in range(3))
     for i in rows:
         sample = ds[int(i)]
-        batch = model.processor.collate([sample])
+        batch = processor.collate([sample])
         with torch.no_grad():
             embeds, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
                                                    model.encode_images(batch["pixel_values"]), batch["labels"])
@@ -46,7 +47,7 @@ def tokens(args) -> None:
             keep = target != -100
             logits = F.linear(hidden[0, :-1][keep], model.llm.lm_head.weight[tok.begin:tok.end]).float()
             logits, truth = logits[:c.action_dim], target[keep][:c.action_dim] - tok.begin
-            prompt = torch.tensor([model.processor.prompt_ids(sample["instruction"])])
+            prompt = torch.tensor([processor.prompt_ids(sample["instruction"])])
             decoded = model.decode_action_tokens(batch["pixel_values"], prompt)[0, :c.action_dim] - tok.begin
         ce += F.cross_entropy(logits, truth, reduction="none").numpy()
         teacher += (logits.argmax(-1) == truth).numpy()

@@ -348,6 +348,34 @@ def serve(
     _serve(model, host=host, port=port, mode=mode, device=device)
 
 
+@command("import-minivla")
+def import_minivla(
+    checkpoint: Path = typer.Argument(..., help="Prismatic run folder (config.json + checkpoints/) or its .pt file, "
+                                                "e.g. Stanford-ILIAD/prism-qwen25-extra-dinosiglip-224px-0_5b."),
+    out: Path = typer.Argument(..., help="SG-VLA model folder to write (new or empty; see --overwrite)."),
+    config: Path | None = typer.Option(None, help="Training YAML: the model gets its model section (preset, views, "
+                                                  "decoders, expert); train it with --set model.init_from=OUT."),
+    preset: str = typer.Option("sgvla-1.3b", help="Model preset when no --config is given."),
+    dino: Path | None = typer.Option(None, help="timm vit_large_patch14_reg4_dinov2.lvd142m weights, for a "
+                                                "checkpoint without vision_backbone (the base VLM)."),
+    siglip: Path | None = typer.Option(None, help="timm vit_so400m_patch14_siglip_224 weights, likewise."),
+    tokenizer: str | None = typer.Option(None, help="Qwen2.5 tokenizer folder or Hub id (default Qwen/Qwen2.5-0.5B; "
+                                                    "'byte': the tiny preset's offline one)."),
+    action_tokens: str = typer.Option("sgvla", help="Action token layout: sgvla, or minivla for a MiniVLA VLA."),
+    overwrite: bool = typer.Option(False, help="Replace what OUT holds."),
+) -> None:
+    """Import MiniVLA's pretrained base VLM (Prismatic checkpoint) as an SG-VLA model folder."""
+    from sgvla.model.import_minivla import import_minivla as _import
+    from sgvla.model.import_minivla import settings_from_train_config
+
+    overrides: dict = {}
+    if config is not None:
+        preset, overrides = settings_from_train_config(config)
+    report = _import(checkpoint, out, overwrite=overwrite, preset=preset, overrides=overrides, dino=dino,
+                     siglip=siglip, tokenizer=tokenizer, action_token_layout=action_tokens)
+    typer.echo(report.summary())
+
+
 @command("doctor")
 def doctor(
     task: str = typer.Option("mini_kitchen", help="mini_kitchen, tidy_house, prepare_groceries or set_table."),

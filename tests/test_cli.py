@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from sgvla.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("demos", "gen", "validate", "info", "viz", "push-dataset", "export", "push-model", "train", "plot",
-            "eval", "study", "doctor")
+COMMANDS = ("demos", "gen", "validate", "info", "viz", "push-dataset", "export", "push-model", "import-minivla",
+            "train", "plot", "eval", "study", "doctor")
 
 
 def test_help_lists_every_command():

@@ -201,15 +201,15 @@ def test_tampered_action_decoding_in_config_is_refused(tmp_path):
     import json
 
     from sgvla.eval.runner import run_eval
-    from sgvla.model import SGVLAForActionPrediction
+    from sgvla.model import load_model
 
     path = _saved_tiny_model(tmp_path)
-    SGVLAForActionPrediction.from_pretrained(path)  # as saved: fine
+    load_model(path)  # as saved: fine
     doc = json.loads((path / "config.json").read_text())
     doc["n_action_bins"] = 64
     (path / "config.json").write_text(json.dumps(doc))
     with pytest.raises(SgvlaError, match="disagrees with the weights on n_action_bins"):
-        SGVLAForActionPrediction.from_pretrained(path)
+        load_model(path)
     with pytest.raises(SgvlaError, match="disagrees with the weights on n_action_bins"):
         run_eval(str(path), "mini_kitchen", "pick", episodes=1, out=tmp_path / "eval")
 

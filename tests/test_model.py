@@ -18,7 +18,12 @@ from sgvla.model import (
     ActionTokenizer,
     SGVLAConfig,
     SGVLAForActionPrediction,
+    SGVLAProcessor,
     build_byte_tokenizer,
+    load_components,
+    load_model,
+    load_policy,
+    save_policy,
 )
 from sgvla.transforms import normalize_for_towers, unnormalize_action
 from sgvla.vocab import AUX_NAMES, VIEWS
@@ -40,6 +45,11 @@ def tiny(**overrides) -> SGVLAForActionPrediction:
     torch.manual_seed(0)
     overrides.setdefault("action_stats", STATS)
     return SGVLAForActionPrediction(SGVLAConfig.from_preset("tiny", **overrides))
+
+
+def proc(model: SGVLAForActionPrediction) -> SGVLAProcessor:
+    """The processor of a random-init model (its config, the byte tokenizer)."""
+    return SGVLAProcessor.from_config(model.config)
 
 
 def make_sample(config: SGVLAConfig, seed: int, instruction: str = "Pick up the red bowl.") -> dict:
@@ -69,7 +79,7 @@ def make_sample(config: SGVLAConfig, seed: int, instruction: str = "Pick up the 
 
 def make_batch(model: SGVLAForActionPrediction, n: int = 2) -> dict:
     instr = ["Pick up the red bowl.", "open the fridge", "place the apple on the table"]
-    return model.processor.collate([make_sample(model.config, i, instr[i % 3]) for i in range(n)])
+    return proc(model).collate([make_sample(model.config, i, instr[i % 3]) for i in range(n)])
 
 
 def observation(seed: int = 0) -> dict:
@@ -135,7 +145,7 @@ def test_every_view_combination_runs(views):
     assert out.aux_predictions["qpos"].shape == (2, 12)
     assert out.aux_predictions["obj_pose"].shape == (2, 7)
     torch.testing.assert_close(out.aux_predictions["obj_pose"][:, 3:].norm(dim=-1), torch.ones(2))
-    pred = model.eval().predict_action(observation(), "pick up the red bowl", subtask="pick")
+    pred = model.eval().predict_action(observation(), "pick up the bowl", subtask="pick", processor=proc(model))
     assert pred.mode == "flow" and pred.chunk.shape == (8, 13) and pred.execute.shape == (2, 13)
 
 
@@ -164,24 +174,24 @@ def test_hold_still_decodes_to_exactly_zero_by_default():
 
 def test_collate_puts_loss_only_on_action_and_end_tokens():
     model = tiny(views=["head_rgb"])
-    proc = model.processor
+    processor = proc(model)
     samples = [make_sample(model.config, i, instr) for i, instr in enumerate(["open the fridge", "Pick up X."])]
-    batch = proc.collate(samples)
+    batch = processor.collate(samples)
     for i, s in enumerate(samples):
-        prompt = proc.prompt_ids(s["instruction"])
+        prompt = processor.prompt_ids(s["instruction"])
         n = len(prompt) + 15
         assert batch["input_ids"][i, : len(prompt)].tolist() == prompt
         assert batch["attention_mask"][i].sum() == n
         labels = batch["labels"][i]
         assert (labels[: len(prompt)] == -100).all() and (labels[n:] == -100).all()
         action_ids = labels[len(prompt): len(prompt) + 13]
-        assert torch.equal(action_ids, proc.action_tokenizer.encode(s["action"]))
-        assert proc.tokenizer.decode(labels[n - 2: n]) == "<|im_end|><|endoftext|>"
-        assert proc.tokenizer.convert_ids_to_tokens(int(action_ids[0])).startswith("<|extra_")
-    assert "What action should the robot take to pick up x?" in proc.prompt("Pick up X.")
+        assert torch.equal(action_ids, processor.action_tokenizer.encode(s["action"]))
+        assert processor.tokenizer.decode(labels[n - 2: n]) == "<|im_end|><|endoftext|>"
+        assert processor.tokenizer.convert_ids_to_tokens(int(action_ids[0])).startswith("<|extra_")
+    assert "What action should the robot take to pick up x?" in processor.prompt("Pick up X.")
     del samples[1]["aux"]["qpos"]
     with pytest.raises(SgvlaError, match="lacks 'qpos'"):
-        proc.collate(samples)
+        processor.collate(samples)
 
 
 # -- training switches --------------------------------------------------------------------------
@@ -315,7 +325,7 @@ def uncached_greedy_action_tokens(model, pixels, ids):
 def test_cached_decoding_equals_uncached_and_generate():
     model = tiny(views=["head_rgb", "hand_depth"], history=1, text_config={"initializer_range": 0.2}).eval()
     pixels = make_batch(model, 2)["pixel_values"]
-    ids = torch.tensor([model.processor.prompt_ids("pick up the bowl")] * 2)
+    ids = torch.tensor([proc(model).prompt_ids("pick up the bowl")] * 2)
     cached, logits_c = model.decode_action_tokens(pixels, ids, return_logits=True)
     plain, logits_p = uncached_greedy_action_tokens(model, pixels, ids)
     assert cached.shape == (2, 13) and len(set(cached[0].tolist())) > 3
@@ -329,18 +339,18 @@ def test_token_chunks_encode_the_next_actions_and_execute_them_all():
     """token_chunk=K: the answer is the first K actions of the sample's chunk (K x 13 tokens, then the
     end tokens); greedy decoding emits K x 13 action tokens and predict_action executes all K."""
     model = tiny(views=["head_rgb"], token_chunk=3, text_config={"initializer_range": 0.2}).eval()
-    proc = model.processor
+    processor = proc(model)
     sample = make_sample(model.config, 1)
-    batch = proc.collate([sample])
-    n_prompt = len(proc.prompt_ids(sample["instruction"]))
+    batch = processor.collate([sample])
+    n_prompt = len(processor.prompt_ids(sample["instruction"]))
     labels = batch["labels"][0]
     answer = labels[n_prompt: n_prompt + 39]
-    assert torch.equal(answer, proc.action_tokenizer.encode(sample["action_chunk"][:3]).reshape(-1))
-    assert proc.tokenizer.decode(labels[n_prompt + 39: n_prompt + 41]) == "<|im_end|><|endoftext|>"
-    ids = torch.tensor([proc.prompt_ids("pick up the bowl")])
+    assert torch.equal(answer, processor.action_tokenizer.encode(sample["action_chunk"][:3]).reshape(-1))
+    assert processor.tokenizer.decode(labels[n_prompt + 39: n_prompt + 41]) == "<|im_end|><|endoftext|>"
+    ids = torch.tensor([processor.prompt_ids("pick up the bowl")])
     decoded = model.decode_action_tokens(batch["pixel_values"], ids)
     assert decoded.shape == (1, 39) and torch.equal(decoded, model.generate_action_tokens(batch["pixel_values"], ids))
-    pred = model.predict_action(observation(1), "pick up the bowl", mode="tokens")
+    pred = model.predict_action(observation(1), "pick up the bowl", mode="tokens", processor=processor)
     assert pred.chunk.shape == (3, 13) and np.array_equal(pred.execute, pred.chunk)
     with pytest.raises(SgvlaError, match="token_chunk"):
         tiny(views=["head_rgb"], token_chunk=9)  # more than the pipeline's chunk_size (8)
@@ -350,14 +360,15 @@ def test_predict_action_modes_and_unnormalisation():
     model = tiny(views=["head_rgb", "hand_depth"], history=2).eval()
     obs = observation(1)
     obs["history"] = [observation(2)]  # shorter than history=2: padded with its oldest frame
-    tok = model.predict_action(obs, "open the fridge", subtask="open")
+    processor = proc(model)
+    tok = model.predict_action(obs, "open the fridge", subtask="open", processor=processor)
     assert tok.mode == "tokens" and tok.chunk.shape == (1, 13) and tok.execute.shape == (1, 13)
     q01, q99 = np.array(STATS["q01"]), np.array(STATS["q99"])
     expect = 0.5 * (tok.normalized_chunk[0] + 1) * (q99 - q01) + q01
     np.testing.assert_allclose(tok.action, expect, rtol=1e-5, atol=1e-5)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    flow1 = model.predict_action(obs, "pick up the bowl", subtask="pick", generator=g1)
-    flow2 = model.predict_action(obs, "pick up the bowl", mode="flow", generator=g2)
+    flow1 = model.predict_action(obs, "pick up the bowl", subtask="pick", generator=g1, processor=processor)
+    flow2 = model.predict_action(obs, "pick up the bowl", mode="flow", generator=g2, processor=processor)
     assert flow1.mode == "flow" and np.array_equal(flow1.chunk, flow2.chunk)
     assert (flow1.chunk >= q01 - 1e-5).all() and (flow1.chunk <= q99 + 1e-5).all()
     assert flow1.normalized_chunk.shape == (8, 13) and np.abs(flow1.normalized_chunk).max() <= 1.0
@@ -365,15 +376,18 @@ def test_predict_action_modes_and_unnormalisation():
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(flow1.execute, flow1.chunk[:2])
     model.config.subtask_modes["pick"] = "tokens"
-    assert model.predict_action(obs, "pick up the bowl", subtask="pick").mode == "tokens"
+    assert model.predict_action(obs, "pick up the bowl", subtask="pick", processor=processor).mode == "tokens"
     with pytest.raises(SgvlaError, match="subtask"):
-        model.predict_action(obs, "pick up the bowl")
+        model.predict_action(obs, "pick up the bowl", processor=processor)
     with pytest.raises(SgvlaError, match="lacks view"):
-        model.predict_action({"head_rgb": obs["head_rgb"]}, "pick up the bowl", mode="tokens")
+        model.predict_action({"head_rgb": obs["head_rgb"]}, "pick up the bowl", mode="tokens", processor=processor)
     no_expert = tiny(views=["head_rgb"], use_flow_expert=False).eval()
-    assert no_expert.predict_action(obs, "pick up the bowl", subtask="pick").mode == "tokens"
+    processor = proc(no_expert)
+    assert no_expert.predict_action(obs, "pick up the bowl", subtask="pick", processor=processor).mode == "tokens"
     with pytest.raises(SgvlaError, match="flow expert"):
-        no_expert.predict_action(obs, "pick up the bowl", mode="flow")
+        no_expert.predict_action(obs, "pick up the bowl", mode="flow", processor=processor)
+    with pytest.raises(SgvlaError, match="disagree on views, history"):  # another model's processor
+        model.predict_action(obs, "pick up the bowl", mode="tokens", processor=processor)
 
 
 def test_history_frames_are_oldest_first():
@@ -381,9 +395,9 @@ def test_history_frames_are_oldest_first():
     obs = observation(0)
     old, older = observation(5), observation(6)
     obs["history"] = [older, old]
-    px = model.processor.observation_pixels(obs)["siglip"]
+    px = proc(model).observation_pixels(obs)["siglip"]
     for i, frame in enumerate([older, old, obs]):
-        one = tiny(views=["head_rgb"]).processor.observation_pixels(frame)["siglip"][0]
+        one = proc(tiny(views=["head_rgb"])).observation_pixels(frame)["siglip"][0]
         torch.testing.assert_close(px[i], one)
 
 
@@ -397,7 +411,7 @@ def test_flow_expert_learns_a_toy_target_and_sampling_reproduces_it():
     instr = ["pick up the red bowl", "open the fridge"]
     samples = [{**make_sample(model.config, i, instr[i]), "action_chunk": targets[i].astype(np.float32)}
                for i in range(2)]
-    batch = model.processor.collate(samples)
+    batch = proc(model).collate(samples)
     model.configure_stage(3)
     with torch.no_grad():  # the frozen prefix is the same every step: compute it once
         emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
@@ -418,7 +432,7 @@ def test_flow_expert_learns_a_toy_target_and_sampling_reproduces_it():
     assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:10])
     model.eval()
     for i in range(2):
-        ids = torch.tensor([model.processor.prompt_ids(instr[i])])
+        ids = torch.tensor([proc(model).prompt_ids(instr[i])])
         pixels = {k: v[i: i + 1] for k, v in batch["pixel_values"].items()}
         x = model.sample_action_chunk(pixels, ids, generator=torch.Generator().manual_seed(1))[0].numpy()
         err_own, err_other = np.abs(x - targets[i]).mean(), np.abs(x - targets[1 - i]).mean()
@@ -456,11 +470,12 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     batch = make_batch(model, 2)
     model(**batch, compute=["mask"])  # move the BatchNorm running stats off their init
     model.eval()
-    model.save_pretrained(tmp_path / "ckpt")
-    model.save_pretrained(tmp_path / "ckpt")  # overwriting an existing checkpoint works
+    save_policy(model, proc(model), tmp_path / "ckpt")
+    save_policy(model, proc(model), tmp_path / "ckpt")  # overwriting an existing checkpoint works
     files = {p.name for p in (tmp_path / "ckpt").iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
-    loaded = SGVLAForActionPrediction.from_pretrained(tmp_path / "ckpt").eval()
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= files
+    loaded, processor = load_policy(tmp_path / "ckpt")
+    loaded.eval()
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.config.action_stats == STATS and loaded.config.views == ["head_rgb", "head_depth"]
@@ -471,34 +486,106 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     out_b = loaded(**batch)
     assert all(torch.equal(out_a.losses[k], out_b.losses[k]) for k in out_a.losses)
     obs = observation()
-    assert np.array_equal(model.predict_action(obs, "open the fridge", mode="tokens").action,
-                          loaded.predict_action(obs, "open the fridge", mode="tokens").action)
+    assert np.array_equal(model.predict_action(obs, "open the fridge", mode="tokens", processor=proc(model)).action,
+                          loaded.predict_action(obs, "open the fridge", mode="tokens", processor=processor).action)
 
 
 def test_clear_errors_for_mismatched_views_and_checkpoints(tmp_path):
     model = tiny(views=["head_rgb", "hand_rgb"])
     other = tiny(views=["head_rgb"])
-    batch = other.processor.collate([make_sample(other.config, 0)])
+    batch = proc(other).collate([make_sample(other.config, 0)])
     with pytest.raises(SgvlaError, match="views"):
         model(**batch)
     with pytest.raises(SgvlaError, match="views"):
-        model.processor.collate([make_sample(other.config, 0)])
+        proc(model).collate([make_sample(other.config, 0)])
     model.save_pretrained(tmp_path / "ckpt")
     wider = SGVLAConfig.from_preset("tiny", views=["head_rgb", "hand_rgb"], text_config={"hidden_size": 32})
     with pytest.raises(SgvlaError, match="does not fit|another shape"):
-        SGVLAForActionPrediction.from_pretrained(tmp_path / "ckpt", config=wider)
+        load_model(tmp_path / "ckpt", config=wider)
     no_expert = SGVLAConfig.from_preset("tiny", views=["head_rgb", "hand_rgb"], use_flow_expert=False)
     with pytest.raises(SgvlaError, match="another shape"):
-        SGVLAForActionPrediction.from_pretrained(tmp_path / "ckpt", config=no_expert)
+        load_model(tmp_path / "ckpt", config=no_expert)
     with pytest.raises(SgvlaError, match="does not exist"):
-        SGVLAForActionPrediction.from_pretrained(tmp_path / "missing")
+        load_model(tmp_path / "missing")
     with pytest.raises(SgvlaError, match="labels"):
         model(**{k: v for k, v in make_batch(model).items() if k != "labels"})
     with pytest.raises(SgvlaError, match="compute"):
         model(**make_batch(model), compute=["depth"])
 
 
-def test_from_components_uses_second_to_last_layer_features(tmp_path):
+def test_model_builds_without_a_tokenizer(monkeypatch):
+    """The model holds and builds no tokenizer: a config without action token ids gets the byte
+    tokenizer's layout (what its processor then builds), fixed in the config; `from_pretrained` is
+    transformers' own (strict loading is the `load_model` function)."""
+    import transformers
+    from transformers import PreTrainedTokenizerBase
+
+    from sgvla.model import processing_sgvla
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model built a tokenizer")
+
+    monkeypatch.setattr(processing_sgvla, "build_byte_tokenizer", refuse)
+    monkeypatch.setattr(transformers.Qwen2Tokenizer, "__init__", refuse)
+    model = tiny(views=["head_rgb"])
+    assert model.config.action_token_begin == processing_sgvla.BYTE_TOKENIZER_ACTION_BEGIN
+    assert not any(isinstance(v, (PreTrainedTokenizerBase, SGVLAProcessor)) for v in vars(model).values())
+    assert "from_pretrained" not in vars(SGVLAForActionPrediction)
+    monkeypatch.undo()
+    assert proc(model).action_token_begin == model.config.action_token_begin
+
+
+def test_auto_processor_round_trip_gives_the_same_inputs(tmp_path):
+    """save_policy writes processor_config.json and the tokenizer next to the model and
+    AutoProcessor returns an SGVLAProcessor that builds the same tensors; a folder saved without a
+    processor (older runs) gets the same one from its config.json."""
+    import json
+
+    from transformers import AutoProcessor
+
+    model = tiny(views=["head_rgb", "hand_depth"], history=1, token_chunk=2)
+    processor = proc(model)
+    save_policy(model, processor, tmp_path / "new")
+    model.save_pretrained(tmp_path / "old")  # weights and config only
+    doc = json.loads((tmp_path / "new" / "processor_config.json").read_text())
+    assert doc["processor_class"] == "SGVLAProcessor" and doc["action_stats"] == STATS and doc["history"] == 1
+    samples = [make_sample(model.config, i, text) for i, text in enumerate(["open the fridge", "Pick up X."])]
+    obs = {**observation(3), "history": [observation(4)]}
+    want, want_inputs = processor.collate(samples), processor(obs, "open the fridge")
+    for folder in ("new", "old"):
+        loaded = AutoProcessor.from_pretrained(tmp_path / folder)
+        assert type(loaded) is SGVLAProcessor and loaded.to_dict() == processor.to_dict(), folder
+        batch, inputs = loaded.collate(samples), loaded(obs, "open the fridge")
+        for key in ("input_ids", "attention_mask", "labels", "action_chunk"):
+            assert torch.equal(batch[key], want[key]), key
+        assert torch.equal(inputs["input_ids"], want_inputs["input_ids"])
+        for k in ("dino", "siglip"):
+            assert torch.equal(batch["pixel_values"][k], want["pixel_values"][k])
+            assert torch.equal(inputs["pixel_values"][k], want_inputs["pixel_values"][k])
+        np.testing.assert_array_equal(loaded.unnormalize(np.zeros((2, 13))), processor.unnormalize(np.zeros((2, 13))))
+
+
+def test_strict_loading_refuses_a_bad_checkpoint_or_processor(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = tiny(views=["head_rgb"], aux_decoders=[], use_flow_expert=False)
+    save_policy(model, proc(model), tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    state = load_file(weights)
+    del state[next(k for k in state if k.startswith("projector."))]
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(SgvlaError, match="another shape.*missing_keys"):
+        load_model(tmp_path / "ckpt")  # transformers alone would initialise it at random
+    save_policy(model, proc(model), tmp_path / "ckpt")
+    doc = json.loads((tmp_path / "ckpt" / "processor_config.json").read_text())
+    (tmp_path / "ckpt" / "processor_config.json").write_text(json.dumps({**doc, "n_action_bins": 64}))
+    with pytest.raises(SgvlaError, match="disagree on n_action_bins"):
+        load_policy(tmp_path / "ckpt")
+
+
+def test_load_components_uses_second_to_last_layer_features(tmp_path):
     from transformers import (
         Dinov2WithRegistersConfig,
         Dinov2WithRegistersModel,
@@ -521,10 +608,10 @@ def test_from_components_uses_second_to_last_layer_features(tmp_path):
     sig.save_pretrained(tmp_path / "siglip")
     llm.save_pretrained(tmp_path / "llm")
     build_byte_tokenizer().save_pretrained(tmp_path / "llm")
-    model = SGVLAForActionPrediction.from_components(
-        dino=str(tmp_path / "dino"), siglip=str(tmp_path / "siglip"), llm=str(tmp_path / "llm"),
-        image_size=56, views=["head_rgb"])
+    model, processor = load_components(dino=str(tmp_path / "dino"), siglip=str(tmp_path / "siglip"),
+                                       llm=str(tmp_path / "llm"), image_size=56, views=["head_rgb"])
     assert model.config.action_token_begin == 259 and model.config.text_config.vocab_size >= 515
+    assert processor.action_token_begin == 259 and processor.views == ["head_rgb"]
     x = normalize_for_towers(torch.rand(2, 3, 56, 56))
     with torch.no_grad():
         fused = model.vision(x["dino"], x["siglip"])
@@ -533,11 +620,11 @@ def test_from_components_uses_second_to_last_layer_features(tmp_path):
     torch.testing.assert_close(fused, torch.cat([want_d, want_s], dim=-1))
     assert torch.equal(model.llm.model.embed_tokens.weight[:320], llm.model.embed_tokens.weight)
     with pytest.raises(SgvlaError, match="expected"):
-        SGVLAForActionPrediction.from_components(dino=str(tmp_path / "llm"), siglip=str(tmp_path / "siglip"),
-                                                 llm=str(tmp_path / "llm"), image_size=56)
+        load_components(dino=str(tmp_path / "llm"), siglip=str(tmp_path / "siglip"), llm=str(tmp_path / "llm"),
+                        image_size=56)
     with pytest.raises(SgvlaError, match="cannot load"):
-        SGVLAForActionPrediction.from_components(dino=str(tmp_path / "nothing"), siglip=str(tmp_path / "siglip"),
-                                                 llm=str(tmp_path / "llm"), image_size=56)
+        load_components(dino=str(tmp_path / "nothing"), siglip=str(tmp_path / "siglip"),
+                        llm=str(tmp_path / "llm"), image_size=56)
 
 
 def test_compact_unit_pixels_are_resized_on_the_model_side_like_evaluation():
@@ -551,11 +638,11 @@ def test_compact_unit_pixels_are_resized_on_the_model_side_like_evaluation():
              for _ in samples]
     for s, u in zip(samples, units, strict=True):
         s["pixel_values"] = {"unit": u}
-    compact = model.processor.collate(samples)
+    compact = proc(model).collate(samples)
     assert compact["pixel_values"]["unit"].dtype == torch.float16  # half the bytes out of the workers
     for s, u in zip(samples, units, strict=True):
         s["pixel_values"] = unit_to_towers(u, model.config.image_size)
-    towers = model.processor.collate(samples)
+    towers = proc(model).collate(samples)
     with torch.no_grad():
         torch.manual_seed(0)  # the flow loss draws noise and times
         a = model(**compact)

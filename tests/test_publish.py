@@ -20,7 +20,7 @@ from huggingface_hub import HfApi
 
 from sgvla.errors import SgvlaError
 from sgvla.eval.report import aggregate, write_results
-from sgvla.model import SGVLAConfig, SGVLAForActionPrediction
+from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor, save_policy
 from sgvla.train.config import config_from_dict
 from sgvla.train.publish import push_model
 
@@ -34,7 +34,8 @@ def run(tmp_path) -> Path:
     """A finished run folder as `sgvla train` leaves it (final model, config, run.json, metrics)."""
     root = tmp_path / "runs" / "r1"
     torch.manual_seed(0)
-    SGVLAForActionPrediction(SGVLAConfig.from_preset("tiny", action_stats=STATS)).save_pretrained(root / "model")
+    config = SGVLAConfig.from_preset("tiny", action_stats=STATS)
+    save_policy(SGVLAForActionPrediction(config), SGVLAProcessor.from_config(config), root / "model")
     cfg = config_from_dict({"model": {"preset": "tiny", "aux_decoders": ["qpos", "grasp"]}})
     (root / "config.yaml").write_text(cfg.to_yaml())
     (root / "run.json").write_text(json.dumps({"dataset": str(tmp_path / "data" / "kitchen_ds"), "workers": 1}))
@@ -57,7 +58,7 @@ def test_card_reports_attached_results_and_no_local_paths(run, tmp_path, capsys)
     assert "| val | 1000000..1000004 | tokens |" in card and "0.60 (3/5)" in card
     assert "`kitchen_ds`" in card and str(tmp_path) not in card  # the dataset by name, no machine path
     assert "qpos, grasp" in card and "40 optimizer steps" in card and "arxiv.org/abs/2603.22760" in card
-    assert f'from_pretrained("{REPO}")' in card and "@article{" in card
+    assert f'load_policy("{REPO}")' in card and "@article{" in card
     sent = {f for f, _ in plan}
     assert {"README.md", "config.json", "model.safetensors", "training_config.yaml"} <= sent
     assert "would upload" in capsys.readouterr().out
@@ -124,12 +125,14 @@ def test_from_pretrained_by_hub_id_loads_the_pushed_folder(run, tmp_path):
     (repo / "refs" / "main").write_text(commit)
     code = f"""
 import torch
-from sgvla.model import SGVLAForActionPrediction
-a = SGVLAForActionPrediction.from_pretrained({REPO!r})
-b = SGVLAForActionPrediction.from_pretrained({str(run / "model")!r})
+from transformers import AutoProcessor
+from sgvla.model import SGVLAProcessor, load_policy
+a, pa = load_policy({REPO!r})
+b, pb = load_policy({str(run / "model")!r})
 sa, sb = a.state_dict(), b.state_dict()
 assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-assert a.processor.tokenizer.vocab_size == b.processor.tokenizer.vocab_size
+assert pa.to_dict() == pb.to_dict() and len(pa.tokenizer) == len(pb.tokenizer)
+assert isinstance(AutoProcessor.from_pretrained({REPO!r}), SGVLAProcessor)
 from sgvla.errors import SgvlaError
 from sgvla.eval.policies import resolve_checkpoint
 assert resolve_checkpoint({REPO!r}).name == {commit!r}  # what `sgvla eval --model USER/NAME` loads

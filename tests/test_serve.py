@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sgvla.eval.wire import pack, unpack
-from sgvla.model import SGVLAConfig, SGVLAForActionPrediction
+from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor, load_policy, save_policy
 
 STATS = {"mean": [0.0] * 13, "std": [1.0] * 13, "min": [-3.0] * 13, "max": [3.0] * 13,
          "q01": [-1.0] * 13, "q99": [1.0] * 13}
@@ -33,7 +33,7 @@ def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     cfg = SGVLAConfig.from_preset("tiny", views=VIEWS, use_flow_expert=False, action_stats=STATS,
                                   text_config={"initializer_range": 0.2})
-    SGVLAForActionPrediction(cfg).save_pretrained(path)
+    save_policy(SGVLAForActionPrediction(cfg), SGVLAProcessor.from_config(cfg), path)
     return path
 
 
@@ -84,8 +84,9 @@ def test_openpi_client_gets_the_models_actions_and_bad_requests_get_errors(serve
     assert meta["views"] == VIEWS and meta["action_dim"] == 13 and meta["history"] == 0
     obs = {**observation(1), "prompt": "close the drawer", "subtask": "close"}
     reply = client.infer(obs)
-    local = SGVLAForActionPrediction.from_pretrained(model_dir).eval()
-    want = local.predict_action(observation(1), "close the drawer", subtask="close", mode="tokens")
+    local, processor = load_policy(model_dir)
+    want = local.eval().predict_action(observation(1), "close the drawer", subtask="close", mode="tokens",
+                                       processor=processor)
     assert reply["actions"].shape == (1, 13) and reply["mode"] == "tokens"
     np.testing.assert_allclose(reply["actions"], want.execute, rtol=1e-5, atol=1e-6)
     bad = [({k: v for k, v in obs.items() if k != "hand_rgb"}, "lacks view"),

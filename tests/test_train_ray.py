@@ -84,9 +84,11 @@ def test_stage3_changed_only_the_expert(run_a):
 
 def test_exported_model_loads_and_predicts(run_a, dataset):
     from sgvla.dataset.schema import decode_png
-    from sgvla.model import SGVLAForActionPrediction
+    from sgvla.model import load_policy
 
-    model = SGVLAForActionPrediction.from_pretrained(run_a / "model").eval()
+    model, processor = load_policy(run_a / "model")
+    model.eval()
+    assert (run_a / "model" / "processor_config.json").is_file()
     stats = json.loads((dataset / "meta" / "stats.json").read_text())["action"]
     assert model.config.action_stats["q01"] == pytest.approx(stats["q01"])
     assert model.config.aux_detach == []
@@ -95,7 +97,7 @@ def test_exported_model_loads_and_predicts(run_a, dataset):
     row = pq.read_table(sorted(dataset.glob("*/data/train-*.parquet"))[0]).slice(0, 1).to_pylist()[0]
     obs = {v: decode_png(row[v]) for v in model.config.views}
     for mode in ("tokens", "flow"):
-        pred = model.predict_action(obs, row["instruction"], mode=mode)
+        pred = model.predict_action(obs, row["instruction"], mode=mode, processor=processor)
         assert pred.action.shape == (13,) and np.all(np.isfinite(pred.chunk))
         lo, hi = np.array(stats["q01"]), np.array(stats["q99"])
         assert np.all(pred.action >= lo - 1e-4) and np.all(pred.action <= hi + 1e-4)

@@ -39,9 +39,9 @@ def setup(dataset):
                             "stage1": {"epochs": 1}, "stage2": {"epochs": 1}, "stage3": {"epochs": 1}})
     info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, modelops.model_config(cfg)))
     torch.manual_seed(0)
-    model = modelops.build_model(cfg, info["stats"])
+    model, processor = modelops.build_model(cfg, info["stats"])
     ds, idx = modelops.build_dataset(cfg, info, model.config)
-    batch = model.processor.collate([ds[i] for i in (0, 3, 7, 10)])
+    batch = processor.collate([ds[i] for i in (0, 3, 7, 10)])
     stages = {s.name: s for s in plan_stages(cfg, True)}
     return cfg, model, batch, stages
 
@@ -50,12 +50,14 @@ def test_the_documented_dataloader_feeds_the_model(dataset, setup):
     """README: the dataset + make_dataloader with the processor's collate, as `sgvla train` uses them,
     gives batches `model(**batch)` trains on; the trainer's own loader is this one."""
     from sgvla.dataset.torch_dataset import SgvlaTorchDataset, make_dataloader
+    from sgvla.model import SGVLAProcessor
     from sgvla.train.loop import Worker
 
     cfg, model, _, _ = setup
     c = model.config
     ds = SgvlaTorchDataset(dataset, "mini_kitchen", views=c.views, image_size=c.image_size, pixel_format="unit16")
-    loader = make_dataloader(ds, batch_size=4, num_workers=0, seed=0, collate_fn=model.processor.collate)
+    processor = SGVLAProcessor.from_config(c)
+    loader = make_dataloader(ds, batch_size=4, num_workers=0, seed=0, collate_fn=processor.collate)
     out = model(**next(iter(loader)))
     assert torch.isfinite(out.loss) and {"input_ids", "labels"} <= set(next(iter(loader)))
     assert "make_dataloader(" in inspect.getsource(Worker._loader)

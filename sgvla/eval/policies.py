@@ -118,7 +118,8 @@ class ModelPolicy:
     """
 
     def __init__(self, path: str | Path, mode: str = "auto", device: str = "cpu"):
-        self.model = load_policy_model(path).to(device)
+        model, self.processor = load_policy_model(path)
+        self.model = model.to(device)
         self.views, self.n_history = list(self.model.config.views), int(self.model.config.history)
         self.mode = mode
         self.name = str(path)
@@ -147,7 +148,7 @@ class ModelPolicy:
         """The actions to execute before the next query."""
         with self._precision():
             out = self.model.predict_action(self._observation(), self.instruction, subtask=self.subtask,
-                                            mode=self.mode, generator=self.generator)
+                                            mode=self.mode, generator=self.generator, processor=self.processor)
         return [np.asarray(a, dtype=np.float32) for a in out.execute]
 
     def _precision(self):
@@ -245,11 +246,12 @@ def load_policy_config(path: str | Path):
 
 
 def load_policy_model(path: str | Path):
-    from sgvla.model import SGVLAForActionPrediction
+    """(model in eval mode, its processor) of a checkpoint, loaded strictly (`sgvla.model.load_policy`)."""
+    from sgvla.model import load_policy
 
-    model = SGVLAForActionPrediction.from_pretrained(str(resolve_checkpoint(path)))
+    model, processor = load_policy(resolve_checkpoint(path))
     model.requires_grad_(False)  # inference only; predict_action runs under no_grad (no global switch)
-    return model.eval()
+    return model.eval(), processor
 
 
 def make_policy(spec: str, mode: str, device: str = "cpu"):

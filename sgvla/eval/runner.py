@@ -108,7 +108,7 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
         conn.close()
         return _obs_mode_of_views(model, views), views
     from sgvla.eval.policies import load_policy_config, resolve_checkpoint
-    from sgvla.model.loading import check_checkpoint_files
+    from sgvla.model.loading import check_checkpoint_files, load_processor
     from sgvla.model.processing_sgvla import check_action_decoding
 
     cfg = load_policy_config(model)
@@ -116,6 +116,7 @@ def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     folder = resolve_checkpoint(model)
     check_checkpoint_files(folder, cfg)
     check_action_decoding(folder, cfg)
+    load_processor(folder, cfg)  # its processor_config.json agrees with config.json
     views = list(cfg.views)
     return _obs_mode_of_views(model, views), views
 

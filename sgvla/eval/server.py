@@ -59,8 +59,8 @@ def check_request(request: Any, views: list[str]) -> None:
 class PolicyServer:
     """One model, served to any number of connections (queries run one at a time)."""
 
-    def __init__(self, model, name: str, mode: str = "auto"):
-        self.model, self.name, self.mode = model, name, mode
+    def __init__(self, model, processor, name: str, mode: str = "auto"):
+        self.model, self.processor, self.name, self.mode = model, processor, name, mode
         self.lock = threading.Lock()
         self.meta = metadata(model, name)
 
@@ -68,7 +68,7 @@ class PolicyServer:
         check_request(request, self.meta["views"])
         with self.lock:
             out = self.model.predict_action(request, request["prompt"], subtask=request.get("subtask"),
-                                            mode=request.get("mode") or self.mode)
+                                            mode=request.get("mode") or self.mode, processor=self.processor)
         return {"actions": np.asarray(out.execute, dtype=np.float32), "chunk": np.asarray(out.chunk, np.float32),
                 "mode": out.mode}
 
@@ -103,8 +103,8 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, mo
 
     from sgvla.eval.policies import load_policy_model
 
-    model = load_policy_model(model_spec).to(device)
-    policy = PolicyServer(model, str(model_spec), mode)
+    model, processor = load_policy_model(model_spec)
+    policy = PolicyServer(model.to(device), processor, str(model_spec), mode)
     try:
         server = ws_serve(policy.handle, host, port, compression=None, max_size=None)
     except OSError as e:

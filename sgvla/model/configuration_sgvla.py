@@ -16,6 +16,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from sgvla.errors import SgvlaError
+from sgvla.model.action_tokenizer import ACTION_TOKEN_LAYOUTS, ActionTokenizer
 from sgvla.vocab import AUX_NAMES, VIEWS, mask_cameras
 
 #: Paper, Sec. 6.1: lambda_pos 1, lambda_grasp 5, lambda_qpos 1, lambda_obj 1, lambda_seg 1.
@@ -81,6 +82,8 @@ class SGVLAConfig(PreTrainedConfig):
     Actions: `action_dim` dims, each discretised into `n_action_bins` bins on [-1, 1] and mapped to
     the token ids `action_token_begin ...+n_action_bins-1` (the tokenizer's `<|extra_i|>`; set
     from the tokenizer when the model is built, then saved with the checkpoint).
+    `action_token_layout`: "sgvla" (bin i is `action_token_begin + i`) or "minivla" (MiniVLA's
+    reversed ids plus one for an action of exactly +1; for checkpoints from `sgvla import-minivla`).
     `token_chunk` K: the action tokens encode the next K actions (K x `action_dim` tokens), all K
     executed before the next query; 1 (default) is the paper's single-step tokens (OpenVLA/MiniVLA),
     K > 1 MiniVLA's action chunking in token space.
@@ -109,6 +112,7 @@ class SGVLAConfig(PreTrainedConfig):
     action_dim: int = 13
     n_action_bins: int = 255  # odd: 0 is a bin centre, so "hold still" decodes to exactly 0
     action_token_begin: int | None = None
+    action_token_layout: str = "sgvla"  # or "minivla": see sgvla.model.action_tokenizer
     token_chunk: int = 1
     chunk_size: int = 8
     flow_steps: int = 10
@@ -192,9 +196,13 @@ class SGVLAConfig(PreTrainedConfig):
                 if len(self.action_stats.get(key, [])) != self.action_dim:
                     raise SgvlaError(f"config action_stats[{key!r}] must hold {self.action_dim} values (the "
                                      "dataset's meta/stats.json 'action' entry)")
+        if self.action_token_layout not in ACTION_TOKEN_LAYOUTS:
+            raise SgvlaError(f"config action_token_layout={self.action_token_layout!r}: use one of "
+                             f"{', '.join(ACTION_TOKEN_LAYOUTS)}")
         begin = self.action_token_begin
-        if begin is not None and begin + self.n_action_bins > self.text_config.vocab_size:
-            raise SgvlaError(f"action tokens {begin}..{begin + self.n_action_bins - 1} do not fit the LLM "
+        n_ids = ActionTokenizer.n_ids(self.n_action_bins, self.action_token_layout)
+        if begin is not None and begin + n_ids > self.text_config.vocab_size:
+            raise SgvlaError(f"action tokens {begin}..{begin + n_ids - 1} do not fit the LLM "
                              f"vocabulary of {self.text_config.vocab_size} rows: resize the embeddings")
 
     # -- derived sizes ----------------------------------------------------------------------

@@ -1,7 +1,12 @@
-"""Loading SG-VLA: saved checkpoints (strict: nothing silently re-initialised) and pretrained parts.
+"""Loading and saving SG-VLA: checkpoints (strict: nothing silently re-initialised), the model with
+its processor, and pretrained parts.
 
-`transformers` warns and randomly initialises weights whose shapes do not match or that are missing;
-for a policy that would silently produce garbage actions, so every such case is an SgvlaError here.
+`transformers`' `from_pretrained` warns and randomly initialises weights whose shapes do not match
+or that are missing; for a policy that would silently produce garbage actions, so `load_model`
+makes every such case an SgvlaError. The model class keeps transformers' own `from_pretrained`.
+
+    model, processor = load_policy("runs/tiny/model")       # both, checked against each other
+    save_policy(model, processor, "out/model")              # both, in one atomic folder swap
 """
 
 from __future__ import annotations
@@ -14,13 +19,18 @@ import torch
 
 from sgvla.errors import SgvlaError, load_json
 from sgvla.hub import is_repo_id
-from sgvla.model.configuration_sgvla import SGVLAConfig
-from sgvla.model.processing_sgvla import SGVLAProcessor, ensure_action_tokens
+from sgvla.model.configuration_sgvla import HUB_COMPONENTS, SGVLAConfig
+from sgvla.model.processing_sgvla import SGVLAProcessor, check_action_decoding, ensure_action_tokens
 
 
-def load_sgvla(cls, path: str | os.PathLike, *args, **kwargs):
-    """`SGVLAForActionPrediction.from_pretrained` with strict shape checks and the saved tokenizer."""
+def load_model(path: str | os.PathLike, **kwargs):
+    """`SGVLAForActionPrediction.from_pretrained(path, **kwargs)`, refusing with an SgvlaError a
+    folder that is not an SG-VLA checkpoint, weights that are missing, unexpected or of another
+    shape (transformers would re-initialise them at random), and a config.json edited after the
+    weights were saved (action_decoding.json)."""
     from transformers import PreTrainedConfig
+
+    from sgvla.model.modeling_sgvla import SGVLAForActionPrediction
 
     if not Path(path).exists() and not is_repo_id(str(path)):
         raise SgvlaError(f"checkpoint folder {path} does not exist: give a folder written by save_pretrained")
@@ -30,10 +40,10 @@ def load_sgvla(cls, path: str | os.PathLike, *args, **kwargs):
         raise SgvlaError(f"cannot read {path}/config.json ({e}): give a folder written by save_pretrained") from None
     if cfg_dict.get("model_type") != SGVLAConfig.model_type:
         raise SgvlaError(f"{path} holds a {cfg_dict.get('model_type')!r} model, not an SG-VLA checkpoint: "
-                         "use from_components() for pretrained towers/LLM")
+                         "use load_components() for pretrained towers/LLM")
     kwargs["output_loading_info"] = True
     try:
-        model, info = cls._hf_from_pretrained(str(path), *args, **kwargs)
+        model, info = SGVLAForActionPrediction.from_pretrained(str(path), **kwargs)
     except RuntimeError as e:  # size mismatches raised by torch
         raise SgvlaError(f"checkpoint {path} does not fit this model configuration ({str(e).splitlines()[0]}): "
                          "load it with its own config.json") from None
@@ -43,8 +53,44 @@ def load_sgvla(cls, path: str | os.PathLike, *args, **kwargs):
         detail = "; ".join(f"{k}: {v[:3]}{' ...' if len(v) > 3 else ''}" for k, v in problems.items())
         raise SgvlaError(f"checkpoint {path} has another shape than the requested model ({detail}): load it "
                          "without config overrides, or retrain")
-    model.set_processor(SGVLAProcessor.from_pretrained(path, model.config))
+    if Path(path).is_dir():
+        check_action_decoding(Path(path), model.config)
     return model
+
+
+def load_processor(path: str | os.PathLike, config: SGVLAConfig | None = None) -> SGVLAProcessor:
+    """The processor saved next to a model (`AutoProcessor.from_pretrained` gives the same), checked
+    against `config` when given; folders without processor_config.json get one built from their
+    config.json (see `SGVLAProcessor.from_pretrained`)."""
+    try:
+        processor = SGVLAProcessor.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise SgvlaError(f"cannot load the processor of {path} ({str(e).splitlines()[0]}): give a folder written "
+                         "by save_policy") from None
+    if config is not None:
+        processor.check_model(config)
+    return processor
+
+
+def load_policy(path: str | os.PathLike, **kwargs):
+    """(model, processor) of a saved folder or Hub id: `load_model` + `load_processor`, checked
+    against each other. Keyword arguments go to `load_model` (e.g. `dtype`)."""
+    model = load_model(path, **kwargs)
+    return model, load_processor(path, model.config)
+
+
+def save_policy(model, processor: SGVLAProcessor, path: str | os.PathLike, **kwargs) -> Path:
+    """The model (`save_pretrained`, keyword arguments such as `state_dict` go there) and its processor
+    into one folder that replaces `path` as a whole, so the two can never come from different saves."""
+    from sgvla.model.modeling_sgvla import write_folder_atomically
+
+    processor.check_model(model.config)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, **kwargs)
+        processor.save_pretrained(str(tmp))
+
+    return write_folder_atomically(path, write)
 
 
 def check_checkpoint_files(path: Path, config: SGVLAConfig) -> None:
@@ -136,10 +182,19 @@ def _load_exact(module: torch.nn.Module, state: dict, what: str) -> None:
         raise SgvlaError(f"the {what} weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def assemble_components(cls, dino: str, siglip: str, llm: str, tokenizer: str | None = None,
-                        dtype: torch.dtype | None = None, **overrides):
-    """Build SG-VLA from pretrained DINOv2-with-registers, SigLIP (vision or full) and Qwen2 parts."""
+def load_components(dino: str = HUB_COMPONENTS["dino"], siglip: str = HUB_COMPONENTS["siglip"],
+                    llm: str = HUB_COMPONENTS["llm"], tokenizer: str | None = None, dtype: torch.dtype | None = None,
+                    **overrides):
+    """(model, processor) assembled from pretrained DINOv2-with-registers, SigLIP (vision or full) and
+    Qwen2 parts (local folders or Hub ids; the defaults are the paper's Hub ids).
+
+    The DINO position grid is resampled once to `image_size`, the towers' last blocks are dropped,
+    the action tokens are added to the tokenizer (`tokenizer`, default `llm`'s) and the LLM's
+    embeddings grown if needed; projector, decoders and expert start random. `overrides` are
+    SGVLAConfig fields (views, history, aux_decoders, ...)."""
     from transformers import AutoTokenizer, Dinov2WithRegistersModel, Qwen2ForCausalLM, SiglipVisionModel
+
+    from sgvla.model.modeling_sgvla import SGVLAForActionPrediction
 
     size = int(overrides.get("image_size", SGVLAConfig.image_size))
     dino_m = _component("DINOv2", Dinov2WithRegistersModel, dino, ("dinov2_with_registers",))
@@ -165,12 +220,11 @@ def assemble_components(cls, dino: str, siglip: str, llm: str, tokenizer: str | 
     config = SGVLAConfig(dino_config=dino_cfg, siglip_config=sig_cfg, text_config=copy.deepcopy(llm_m.config),
                          action_token_begin=begin,
                          built_from={"dino": str(dino), "siglip": str(siglip), "llm": str(llm)}, **overrides)
-    model = cls(config)
+    model = SGVLAForActionPrediction(config)
     _load_exact(model.vision.dino, _without_last_block(dino_state, "encoder.layer", dino_cfg.num_hidden_layers,
                                                        ("layernorm.",)), "DINOv2")
     _load_exact(model.vision.siglip, _without_last_block(sig_m.state_dict(), "encoder.layers",
                                                          sig_cfg.num_hidden_layers, ("post_layernorm.", "head.")),
                 "SigLIP")
     _load_exact(model.llm, llm_m.state_dict(), "LLM")
-    model.set_processor(SGVLAProcessor(config, tok))
-    return model.to(dtype) if dtype is not None else model
+    return (model.to(dtype) if dtype is not None else model), SGVLAProcessor.from_config(config, tok)

@@ -13,14 +13,20 @@ Training switches (see `forward`, `configure_stage`):
 * `freeze_vlm()` / `unfreeze()`: stage 3 freezes everything but the expert.
 * `configure_stage(1 | 2 | 3)`: the three settings of the paper in one call.
 The flow loss always uses detached prefix keys/values: flow gradients never reach the VLM (Sec. 5.3).
+
+The model holds no tokenizer (as transformers' own models): `SGVLAProcessor` turns observations and
+instructions into `input_ids`/`pixel_values` and actions back into env units; `predict_action`
+takes it as an argument. Strict loading (nothing silently re-initialised) is
+`sgvla.model.load_model` / `load_policy`; `from_pretrained` is transformers' own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +42,17 @@ from transformers.utils import ModelOutput
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.aux_decoders import AuxiliaryDecoders, QposDecoder
-from sgvla.model.configuration_sgvla import ACTION_MODES, HUB_COMPONENTS, SGVLAConfig
+from sgvla.model.configuration_sgvla import ACTION_MODES, SGVLAConfig
 from sgvla.model.flow_expert import FlowMatchingExpert
-from sgvla.model.processing_sgvla import IGNORE_INDEX, SGVLAProcessor, build_byte_tokenizer
+from sgvla.model.processing_sgvla import (
+    ACTION_DECODING_FILE,
+    BYTE_TOKENIZER_ACTION_BEGIN,
+    IGNORE_INDEX,
+    SGVLAProcessor,
+    action_decoding,
+)
 from sgvla.model.vision import FusedMLPProjector, FusedVisionBackbone
-from sgvla.transforms import unit_to_towers, unnormalize_action
+from sgvla.transforms import unit_to_towers
 from sgvla.vocab import AUX_NAMES
 
 LOSS_NAMES: tuple[str, ...] = ("action", *AUX_NAMES, "flow")
@@ -103,7 +115,9 @@ class SGVLAPreTrainedModel(PreTrainedModel):
 
 class SGVLAForActionPrediction(SGVLAPreTrainedModel):
     """The SG-VLA policy. Build with `SGVLAForActionPrediction(SGVLAConfig.from_preset(...))` (random
-    init), `from_components(...)` (pretrained towers + LLM) or `from_pretrained(folder)`."""
+    init), `sgvla.model.load_components(...)` (pretrained towers + LLM) or
+    `sgvla.model.load_model(folder)` (strict `from_pretrained`); its processor comes from
+    `SGVLAProcessor.from_config(config)` or `AutoProcessor.from_pretrained(folder)`."""
 
     def __init__(self, config: SGVLAConfig):
         super().__init__(config)
@@ -113,29 +127,16 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         self.llm = Qwen2ForCausalLM(config.text_config)
         self.aux = AuxiliaryDecoders(config)
         self.expert = FlowMatchingExpert(config) if config.use_flow_expert else None
-        self._processor: SGVLAProcessor | None = None
-        if self.config.action_token_begin is None:
-            # A random-init model gets the offline byte tokenizer now, which fixes the action token
-            # ids in the config before anything (DataLoader workers, save_pretrained) reads them.
-            self._processor = SGVLAProcessor(self.config, build_byte_tokenizer())
-        self.action_tokenizer = ActionTokenizer(self.config.action_token_begin, self.config.n_action_bins)
+        if config.action_token_begin is None:
+            # A config that does not say where the action tokens are gets the offline byte tokenizer's
+            # layout (what `SGVLAProcessor.from_config` then builds), fixed in the config before
+            # anything (DataLoader workers, save_pretrained) reads it.
+            config.action_token_begin = BYTE_TOKENIZER_ACTION_BEGIN
+            config.validate_sgvla()
+        self.action_tokenizer = ActionTokenizer.from_config(self.config)
         #: Losses `forward` computes when `compute` is not given (None: all enabled ones).
         self.compute_losses: tuple[str, ...] | None = None
         self.post_init()
-
-    # -- processor ---------------------------------------------------------------------------
-    @property
-    def processor(self) -> SGVLAProcessor:
-        """Prompt/tokenizer/pixels helper; built on first use with the offline byte tokenizer when
-        none was set (the action token ids are already in the config, so this only checks them)."""
-        if self._processor is None:
-            self._processor = SGVLAProcessor(self.config, build_byte_tokenizer())
-        return self._processor
-
-    def set_processor(self, processor: SGVLAProcessor) -> None:
-        if processor.config is not self.config:
-            processor = SGVLAProcessor(self.config, processor.tokenizer)
-        self._processor = processor
 
     def get_input_embeddings(self) -> nn.Module:
         return self.llm.get_input_embeddings()
@@ -407,7 +408,17 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         n = self.config.n_action_tokens
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=n, min_new_tokens=n,
                                  do_sample=False, logits_processor=[ActionTokensOnly(tok.begin, tok.end)],
-                                 pad_token_id=self.processor.pad_id)[:, -n:]
+                                 pad_token_id=self._pad_token_id())[:, -n:]
+
+    def _pad_token_id(self) -> int:
+        """The LLM's padding id (its end-of-text when it names none): only `generate` needs one."""
+        tc = self.config.text_config
+        for i in (tc.pad_token_id, tc.eos_token_id):
+            if isinstance(i, list):
+                i = i[0] if i else None
+            if i is not None:
+                return int(i)
+        return 0
 
     @torch.no_grad()
     def sample_action_chunk(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
@@ -444,16 +455,20 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
 
     @torch.no_grad()
     def predict_action(self, observation: Mapping[str, Any], instruction: str, subtask: str | None = None,
-                       mode: str = "auto", generator: torch.Generator | None = None) -> ActionPrediction:
-        """Actions for one raw observation (see `SGVLAProcessor.observation_pixels` for its format)."""
-        stats = self.config.action_stats
-        if stats is None:
+                       mode: str = "auto", generator: torch.Generator | None = None, *,
+                       processor: SGVLAProcessor) -> ActionPrediction:
+        """Actions for one raw observation (see `SGVLAProcessor.observation_pixels` for its format);
+        `processor` (this model's, e.g. `AutoProcessor.from_pretrained(folder)`) builds the inputs
+        and un-normalises the actions, after checking that it belongs to this model's config."""
+        processor.check_model(self.config)
+        if processor.action_stats is None:
             raise SgvlaError("the model has no action_stats, so actions cannot be un-normalised: set "
                              "config.action_stats to the dataset's meta/stats.json 'action' entry")
         chosen = self.resolve_mode(mode, subtask)
         device = self.llm.lm_head.weight.device
-        pixels = {k: v.unsqueeze(0).to(device) for k, v in self.processor.observation_pixels(observation).items()}
-        ids = torch.tensor([self.processor.prompt_ids(instruction)], device=device)
+        inputs = processor(observation, instruction)
+        pixels = {k: v.to(device) for k, v in inputs["pixel_values"].items()}
+        ids = inputs["input_ids"].to(device)
         if chosen == "tokens":
             ids = self.decode_action_tokens(pixels, ids).cpu().reshape(self.config.token_chunk, -1)
             norm = self.action_tokenizer.decode(ids)
@@ -461,48 +476,36 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         else:
             norm = self.sample_action_chunk(pixels, ids, generator=generator)[0].cpu().clamp(-1.0, 1.0)
             n_exec = self.config.execute_steps
-        chunk = unnormalize_action(norm.double(), stats["q01"], stats["q99"]).float().numpy()
+        chunk = processor.unnormalize(norm)
         return ActionPrediction(action=chunk[0], chunk=chunk, execute=chunk[:n_exec],
                                 normalized_chunk=norm.numpy(), mode=chosen)
 
     # -- persistence -------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """config.json + model.safetensors + the tokenizer, written to a temporary folder and moved
-        into place (replacing the folder as a whole), so an interrupted save never leaves a
-        half-written checkpoint. Extra keyword arguments go to transformers (e.g. `state_dict`)."""
-        target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-        super().save_pretrained(str(tmp), **kwargs)
-        self.processor.save_pretrained(tmp)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        """config.json + model.safetensors + action_decoding.json, written to a temporary folder and
+        moved into place (replacing the folder as a whole), so an interrupted save never leaves a
+        half-written checkpoint. Extra keyword arguments go to transformers (e.g. `state_dict`).
+        The processor is saved by `sgvla.model.save_policy` (both at once) or its own save_pretrained."""
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
-        """Load a saved SG-VLA folder (or Hub id); any weight that does not fit is an SgvlaError."""
-        from sgvla.model.loading import load_sgvla
+        def write(tmp: Path) -> None:
+            super(SGVLAForActionPrediction, self).save_pretrained(str(tmp), **kwargs)
+            (tmp / ACTION_DECODING_FILE).write_text(json.dumps(action_decoding(self.config), indent=1))
 
-        return load_sgvla(cls, pretrained_model_name_or_path, *args, **kwargs)
+        write_folder_atomically(save_directory, write)
 
-    @classmethod
-    def _hf_from_pretrained(cls, *args, **kwargs):
-        return super().from_pretrained(*args, **kwargs)
 
-    @classmethod
-    def from_components(cls, dino: str = HUB_COMPONENTS["dino"], siglip: str = HUB_COMPONENTS["siglip"],
-                        llm: str = HUB_COMPONENTS["llm"], tokenizer: str | None = None,
-                        dtype: torch.dtype | None = None, **config_overrides):
-        """Assemble pretrained DINOv2-reg, SigLIP and Qwen2 (local folders or Hub ids; the defaults are
-        the paper's Hub ids) into SG-VLA. The DINO position grid is resampled once to `image_size`,
-        the towers' last blocks are dropped, the 256 action tokens are added to the tokenizer (and
-        the LLM's embeddings grown if needed); projector, decoders and expert start random.
-        `config_overrides` are SGVLAConfig fields (views, history, aux_decoders, ...)."""
-        from sgvla.model.loading import assemble_components
-
-        return assemble_components(cls, dino, siglip, llm, tokenizer, dtype, **config_overrides)
+def write_folder_atomically(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` fills a fresh sibling folder, which then replaces `target` as a whole: a reader
+    (or a save interrupted half-way) never sees a mix of two checkpoints."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    write(tmp)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

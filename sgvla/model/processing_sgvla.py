@@ -1,4 +1,13 @@
-"""SG-VLA processor: Qwen chat prompt, action tokens, batching, and raw observations -> pixels.
+"""SG-VLA processor: Qwen chat prompt, action tokens, batching, raw observations -> pixels, and
+action un-normalisation.
+
+`SGVLAProcessor` is a transformers `ProcessorMixin` holding the tokenizer and its own settings
+(views, history, image size, action bins and token range, action statistics, prompt texts), saved
+as `processor_config.json` + the tokenizer files next to the model, so that
+`AutoProcessor.from_pretrained(model_dir)` returns it (after `import sgvla.model`, which registers
+it). The model holds no tokenizer: the processor turns inputs into tensors and the model's
+normalised actions back into env actions (as LeRobot's pi0 processor owns tokenisation and
+normalisation).
 
 Prompt (MiniVLA's Qwen format, base model, no BOS):
 
@@ -21,16 +30,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import ProcessorMixin
+from transformers.utils import PROCESSOR_NAME
 
 from sgvla.batching import stack_columns
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
-from sgvla.transforms import normalize_for_towers, resize, to_unit_image
-from sgvla.vocab import AUX_TARGETS, view_kind
+from sgvla.model.configuration_sgvla import PROMPT_TEMPLATE, QWEN_SYSTEM_PROMPT
+from sgvla.transforms import normalize_for_towers, resize, to_unit_image, unnormalize_action
+from sgvla.vocab import AUX_TARGETS, VIEWS, view_kind
 
 IGNORE_INDEX = -100
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+#: Id of `<|extra_0|>` in `build_byte_tokenizer()` (256 bytes + 3 chat specials): where a random-init
+#: model puts its action tokens when its config does not say, without building a tokenizer.
+BYTE_TOKENIZER_ACTION_BEGIN = 259
+#: The settings a processor shares with the model's config (they must agree: see `check_model`).
+SHARED_FIELDS: tuple[str, ...] = ("views", "history", "image_size", "action_dim", "n_action_bins", "token_chunk",
+                                  "chunk_size", "action_token_begin", "action_token_layout", "action_stats",
+                                  "system_prompt", "prompt_template")
+#: from_pretrained keywords that locate files (a Hub revision, the cache, a token...).
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
 def build_byte_tokenizer():
@@ -63,36 +84,102 @@ def ensure_action_tokens(tokenizer, n_bins: int) -> int:
     return ids[0]
 
 
-class SGVLAProcessor:
-    """Builds model inputs from dataset samples (training) and raw observations (inference)."""
+class SGVLAProcessor(ProcessorMixin):
+    """Builds model inputs from dataset samples (training) and raw observations (inference), and
+    turns the model's normalised actions into env actions.
 
-    def __init__(self, config, tokenizer):
-        self.config = config
-        self.tokenizer = tokenizer
-        begin = ensure_action_tokens(tokenizer, config.n_action_bins)
+    Its settings are its own (saved in processor_config.json), because the processor is what a
+    client needs to feed and decode a model without building it; they are the model config's
+    values (`from_config`) and `check_model` refuses a model whose config disagrees, so an edited
+    file cannot silently encode or decode actions differently from how the weights were trained.
+    `tokenizer=None` takes the offline byte tokenizer (`build_byte_tokenizer`).
+    """
+
+    def __init__(self, tokenizer=None, views: Sequence[str] | None = None, history: int = 0, image_size: int = 224,
+                 action_dim: int = 13, n_action_bins: int = 255, token_chunk: int = 1, chunk_size: int = 8,
+                 action_token_begin: int | None = None, action_token_layout: str = "sgvla",
+                 action_stats: dict[str, list[float]] | None = None,
+                 system_prompt: str = QWEN_SYSTEM_PROMPT, prompt_template: str = PROMPT_TEMPLATE):
+        super().__init__(tokenizer if tokenizer is not None else build_byte_tokenizer())
+        self.views, self.history, self.image_size = list(views or VIEWS), int(history), int(image_size)
+        self.action_dim, self.n_action_bins = int(action_dim), int(n_action_bins)
+        self.token_chunk, self.chunk_size = int(token_chunk), int(chunk_size)
+        self.action_token_layout = action_token_layout
+        self.action_stats = {k: [float(x) for x in v] for k, v in action_stats.items()} if action_stats else None
+        self.system_prompt, self.prompt_template = system_prompt, prompt_template
+        self._validate()
+        self.action_token_begin = self._action_token_begin(action_token_begin)
+        self.action_tokenizer = ActionTokenizer(self.action_token_begin, self.n_action_bins, self.action_token_layout)
+        self.end_ids, self.pad_id = self._end_and_pad_ids()
+
+    @classmethod
+    def from_config(cls, config, tokenizer=None) -> SGVLAProcessor:
+        """The processor of a model config (the byte tokenizer if none is given).
+
+        A config that does not yet say where the action tokens are (`action_token_begin=None`)
+        takes the tokenizer's, so a model built from it afterwards agrees with this processor.
+        """
+        proc = cls(tokenizer, **{k: getattr(config, k) for k in SHARED_FIELDS})
         if config.action_token_begin is None:
-            config.action_token_begin = begin
-        elif config.action_token_begin != begin:
+            config.action_token_begin = proc.action_token_begin
+        proc.check_model(config)
+        return proc
+
+    def _validate(self) -> None:
+        bad = [v for v in self.views if v not in VIEWS]
+        if bad or not self.views or self.history < 0 or not 1 <= self.token_chunk <= self.chunk_size:
+            raise SgvlaError(f"processor settings views={self.views}, history={self.history}, token_chunk="
+                             f"{self.token_chunk}, chunk_size={self.chunk_size} are invalid: build it from the "
+                             "model's config (SGVLAProcessor.from_config)")
+        for key in ("q01", "q99"):
+            if self.action_stats is not None and len(self.action_stats.get(key, [])) != self.action_dim:
+                raise SgvlaError(f"processor action_stats[{key!r}] must hold {self.action_dim} values (the "
+                                 "dataset's meta/stats.json 'action' entry)")
+
+    def _action_token_begin(self, want: int | None) -> int:
+        """The id of `<|extra_0|>` (added to the tokenizer if missing), checked against `want`."""
+        n_ids = ActionTokenizer.n_ids(self.n_action_bins, self.action_token_layout)
+        begin = ensure_action_tokens(self.tokenizer, n_ids)
+        if want is not None and want != begin:
             raise SgvlaError(f"the tokenizer puts <|extra_0|> at id {begin} but the model was trained with "
-                             f"action tokens from id {config.action_token_begin}: load the tokenizer saved "
-                             "with the checkpoint")
-        if len(tokenizer) > config.text_config.vocab_size:
-            raise SgvlaError(f"the tokenizer has {len(tokenizer)} tokens but the LLM only "
-                             f"{config.text_config.vocab_size} embedding rows: resize the LLM's embeddings")
-        self.action_tokenizer = ActionTokenizer(begin, config.n_action_bins)
-        specials = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
-        names = tokenizer.convert_ids_to_tokens([i if i is not None else 0 for i in specials])
+                             f"action tokens from id {want}: load the tokenizer saved with the checkpoint")
+        return begin
+
+    def _end_and_pad_ids(self) -> tuple[list[int], int]:
+        tok = self.tokenizer
+        specials = tok.convert_tokens_to_ids([IM_END, END_OF_TEXT])
+        names = tok.convert_ids_to_tokens([i if i is not None else 0 for i in specials])
         if names != [IM_END, END_OF_TEXT]:
             raise SgvlaError("the tokenizer lacks Qwen's <|im_end|>/<|endoftext|> tokens: use a Qwen2 tokenizer")
-        self.end_ids: list[int] = list(specials)
-        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else specials[1]
+        return list(specials), tok.pad_token_id if tok.pad_token_id is not None else specials[1]
+
+    # -- the model this processor feeds --------------------------------------------------------
+    @property
+    def n_action_tokens(self) -> int:
+        return self.token_chunk * self.action_dim
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int, int]:
+        """Per-sample shape of each tower's pixel tensor: ((history + 1) * len(views), 3, S, S)."""
+        return ((self.history + 1) * len(self.views), 3, self.image_size, self.image_size)
+
+    def check_model(self, config) -> None:
+        """Refuse a model config that this processor would feed or decode differently from its training."""
+        differ = [k for k in SHARED_FIELDS if getattr(config, k) != getattr(self, k)]
+        if differ:
+            raise SgvlaError(f"the processor and the model config disagree on {', '.join(differ)}: load both from "
+                             "the same checkpoint folder, or rebuild the processor with "
+                             "SGVLAProcessor.from_config(model.config, processor.tokenizer)")
+        if len(self.tokenizer) > config.text_config.vocab_size:
+            raise SgvlaError(f"the tokenizer has {len(self.tokenizer)} tokens but the LLM only "
+                             f"{config.text_config.vocab_size} embedding rows: resize the LLM's embeddings")
 
     # -- text --------------------------------------------------------------------------------
     def prompt(self, instruction: str) -> str:
         """The chat prompt up to and including the assistant header (what inference feeds)."""
         text = instruction.strip().rstrip(".").lower()
-        user = self.config.prompt_template.format(instruction=text)
-        return (f"{IM_START}system\n{self.config.system_prompt}{IM_END}\n"
+        user = self.prompt_template.format(instruction=text)
+        return (f"{IM_START}system\n{self.system_prompt}{IM_END}\n"
                 f"{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
 
     def prompt_ids(self, instruction: str) -> list[int]:
@@ -103,14 +190,14 @@ class SGVLAProcessor:
     def answer_ids(self, action: Any) -> list[int]:
         """Normalised actions ((token_chunk,) action_dim) -> action token ids + the two end tokens."""
         a = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(-1)
-        if a.numel() != self.config.n_action_tokens:
+        if a.numel() != self.n_action_tokens:
             raise SgvlaError(f"sample answer has {a.numel()} values but the model predicts "
-                             f"{self.config.token_chunk} x {self.config.action_dim}")
+                             f"{self.token_chunk} x {self.action_dim}")
         return self.action_tokenizer.encode(a).tolist() + self.end_ids
 
     def answer_actions(self, sample: Mapping[str, Any]) -> Any:
         """What a sample's answer encodes: its action, or the first `token_chunk` of its chunk."""
-        k = self.config.token_chunk
+        k = self.token_chunk
         if k == 1:
             return sample["action"]
         if "action_chunk" not in sample:
@@ -148,9 +235,9 @@ class SGVLAProcessor:
         self._check_pixels(batch["pixel_values"])
         if "action_chunk" in batch:
             chunk = batch["action_chunk"]
-            if tuple(chunk.shape[1:]) != (self.config.chunk_size, self.config.action_dim):
+            if tuple(chunk.shape[1:]) != (self.chunk_size, self.action_dim):
                 raise SgvlaError(f"action_chunk is {tuple(chunk.shape[1:])} per sample but the model expects "
-                                 f"({self.config.chunk_size}, {self.config.action_dim}): set the pipeline's "
+                                 f"({self.chunk_size}, {self.action_dim}): set the pipeline's "
                                  "chunk size to the model's chunk_size")
             if "action_chunk_pad" not in batch:
                 batch["action_chunk_pad"] = torch.zeros(chunk.shape[:2], dtype=torch.bool)
@@ -182,57 +269,88 @@ class SGVLAProcessor:
         return cols
 
     def _check_pixels(self, pixels: Mapping[str, torch.Tensor]) -> None:
-        c = self.config
-        want = c.pixel_shape
+        want = self.pixel_shape
         for k, v in pixels.items():
             if k == "unit" and tuple(v.shape[1:3]) == want[:2]:
                 continue  # resized on the model's device (encode_images)
             if tuple(v.shape[1:]) != want:
                 raise SgvlaError(f"pixel_values[{k!r}] is {tuple(v.shape[1:])} per sample but the model expects "
-                                 f"{want}: (history+1)*len(views) = ({c.history}+1)*{len(c.views)} images for "
-                                 f"views={c.views} at {c.image_size} px; build the data pipeline from the "
-                                 "model's config")
+                                 f"{want}: (history+1)*len(views) = ({self.history}+1)*{len(self.views)} images "
+                                 f"for views={self.views} at {self.image_size} px; build the data pipeline from "
+                                 "the model's config")
 
     # -- observations ------------------------------------------------------------------------
     def observation_pixels(self, observation: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Raw observation -> {"dino", "siglip"}: (V, 3, S, S) float32, frame-major, views in config order.
+        """Raw observation -> {"dino", "siglip"}: (V, 3, S, S) float32, frame-major, views in `views` order.
 
         `observation[view]`: uint8 (H, W, 3) for *_rgb, depth in mm (H, W) or (H, W, 1) for *_depth.
-        `observation["history"]` (only read when config.history = k > 0): list of previous
+        `observation["history"]` (only read when history = k > 0): list of previous
         observations, oldest first, each a dict with the same view keys; the last k are used and a
         shorter list (episode start) is padded by repeating its oldest frame (or the current one).
         """
-        c = self.config
-        missing = [v for v in c.views if v not in observation]
+        missing = [v for v in self.views if v not in observation]
         if missing:
-            raise SgvlaError(f"observation lacks view(s) {missing}: this model was trained with views={c.views}")
-        past = list(observation.get("history") or [])[-c.history:] if c.history else []
-        if c.history:
+            raise SgvlaError(f"observation lacks view(s) {missing}: this model was trained with views={self.views}")
+        past = list(observation.get("history") or [])[-self.history:] if self.history else []
+        if self.history:
             oldest = past[0] if past else observation
-            past = [oldest] * (c.history - len(past)) + past
+            past = [oldest] * (self.history - len(past)) + past
         images = []
         for frame in [*past, observation]:
-            for view in c.views:
+            for view in self.views:
                 if view not in frame:
-                    raise SgvlaError(f"a history frame lacks view {view!r}: give every frame views={c.views}")
-                images.append(resize(to_unit_image(_checked(frame[view], view), view_kind(view)), c.image_size))
+                    raise SgvlaError(f"a history frame lacks view {view!r}: give every frame views={self.views}")
+                images.append(resize(to_unit_image(_checked(frame[view], view), view_kind(view)), self.image_size))
         return normalize_for_towers(torch.stack(images))
 
-    # -- persistence -------------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        self.tokenizer.save_pretrained(str(path))
-        (Path(path) / ACTION_DECODING_FILE).write_text(json.dumps(action_decoding(self.config), indent=1))
+    def __call__(self, observation: Mapping[str, Any], instruction: str) -> dict[str, Any]:
+        """One raw observation + instruction -> the model's inference inputs, batch of one:
+        {"pixel_values": {"dino", "siglip"} (1, V, 3, S, S), "input_ids": (1, L)}."""
+        pixels = {k: v.unsqueeze(0) for k, v in self.observation_pixels(observation).items()}
+        return {"pixel_values": pixels, "input_ids": torch.tensor([self.prompt_ids(instruction)])}
 
+    # -- actions -----------------------------------------------------------------------------
+    def unnormalize(self, normalized: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The model's actions in [-1, 1] (..., action_dim) -> env actions, float32 (q01/q99 of the
+        dataset's statistics, as the data pipeline normalised them)."""
+        stats = self.action_stats
+        if stats is None:
+            raise SgvlaError("the processor has no action_stats, so actions cannot be un-normalised: set the "
+                             "model config's action_stats to the dataset's meta/stats.json 'action' entry and "
+                             "rebuild the processor with SGVLAProcessor.from_config")
+        a = torch.as_tensor(np.asarray(normalized)).double()
+        return unnormalize_action(a, stats["q01"], stats["q99"]).float().numpy()
+
+    # -- persistence -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config) -> SGVLAProcessor:
-        """The tokenizer saved next to a checkpoint; the byte tokenizer if the folder has none."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> SGVLAProcessor:
+        """processor_config.json + the tokenizer of a saved folder (or Hub id).
+
+        Folders saved before the processor had its own file (config.json, weights and maybe the
+        tokenizer files) still load: the processor is built from their config.json with their
+        tokenizer, or the byte tokenizer when they have none (what such a model was built with).
+        """
+        path = str(pretrained_model_name_or_path)
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        if _has_file(path, PROCESSOR_NAME, hub):
+            return super().from_pretrained(path, **kwargs)
         from transformers import AutoTokenizer
 
-        p = Path(path)
-        check_action_decoding(p, config)
-        if p.is_dir() and not any((p / f).exists() for f in TOKENIZER_FILES):
-            return cls(config, build_byte_tokenizer())
-        return cls(config, AutoTokenizer.from_pretrained(str(path)))
+        from sgvla.model.configuration_sgvla import SGVLAConfig
+
+        config = SGVLAConfig.from_pretrained(path, **hub)
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub) if _has_file(path, TOKENIZER_FILES[1], hub) else None
+        return cls.from_config(config, tokenizer)
+
+
+def _has_file(path: str, name: str, hub: dict) -> bool:
+    """Whether a local folder or Hub repo holds `name` (no exception for a missing file)."""
+    if Path(path).is_dir():
+        return (Path(path) / hub.get("subfolder", "") / name).is_file()
+    from transformers.utils import cached_file
+
+    return cached_file(path, name, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False, **hub) is not None
 
 
 #: What turns the model's outputs into actions, recorded when the weights are saved: an edited
@@ -244,7 +362,7 @@ ACTION_DECODING_FILE = "action_decoding.json"
 def action_decoding(config) -> dict:
     stats = config.action_stats or {}
     return {"action_dim": config.action_dim, "n_action_bins": config.n_action_bins,
-            "token_chunk": config.token_chunk,
+            "action_token_layout": config.action_token_layout, "token_chunk": config.token_chunk,
             "action_token_begin": config.action_token_begin,
             "action_q01": stats.get("q01"), "action_q99": stats.get("q99")}
 

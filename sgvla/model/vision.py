@@ -5,7 +5,7 @@ and concatenates the two per patch. We build each tower one block short and with
 replaced by identity, so the tower's `last_hidden_state` is exactly that feature: the unused last
 block and norm cost no compute, no memory and leave no parameter without a gradient (which DDP
 would reject). The tower's config in `SGVLAConfig` keeps the full depth, so a pretrained
-checkpoint's description stays honest and `from_components` simply skips the last block's weights.
+checkpoint's description stays honest and `load_components` simply skips the last block's weights.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class ModelSection:
 
     def preset_overrides(self) -> dict[str, Any]:
         """The non-None fields that `from_preset` takes as overrides (`extra` but its `components`:
-        the pretrained parts to load, which `from_components` takes, not a config field)."""
+        the pretrained parts to load, which `load_components` takes, not a config field)."""
         keys = ("views", "history", "image_size", "chunk_size", "use_flow_expert", "aux_decoders",
                 "aux_weights", "subtask_modes")
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}

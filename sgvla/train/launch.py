@@ -6,8 +6,9 @@ Layout of a run folder (`--output`):
     run.json            what the run is (fingerprint, dataset, workers), checked by --resume
     checkpoints/        Ray Train's storage: step-NNNNNNNN/ checkpoints + its own snapshot file
     metrics.jsonl       one record per optimizer step (see sgvla.train.metrics), tb/ TensorBoard
-    stages/stageK/      the model at the end of each stage (save_pretrained)
-    model/              the final model (save_pretrained, with tokenizer and action statistics)
+    stages/stageK/      the model at the end of each stage (save_policy: model + processor)
+    model/              the final model (save_policy: weights, config, processor with its tokenizer
+                        and action statistics)
 
 The workers read the dataset themselves; the driver only passes paths, the config and the
 statistics. On a multi-node cluster (`--ray-address`), `--output` and a local `--dataset` must be

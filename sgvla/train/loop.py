@@ -198,9 +198,9 @@ class Worker:
         self.ckpt_root = self.run_dir / CHECKPOINT_DIR
         self.accum = batch_plan(cfg, env.world_size)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = modelops.build_model(cfg, data["stats"])
+        self.model, self.processor = modelops.build_model(cfg, data["stats"])
         self.dataset, self.indices = modelops.build_dataset(cfg, data, self.model.config)
-        self.collate = self.model.processor.collate  # tokenizes: batches model(**batch) takes
+        self.collate = self.processor.collate  # tokenizes: batches model(**batch) takes
         self.stages = plan_stages(cfg, modelops.has_flow_expert(self.model))
         self.state = TrainerState(fingerprint=cfg.compat_fingerprint())
         self.per_rank = len(self.indices) // env.world_size  # samples per rank and epoch (tail dropped)
@@ -270,10 +270,10 @@ class Worker:
         return path
 
     def export(self, path: Path) -> None:
-        """save_pretrained of the current weights (rank 0 writes; all ranks take part in gathering)."""
+        """save_policy of the current weights and the processor (rank 0 writes; all ranks gather)."""
         model_state, _ = modelops.full_states(self.model, None, self.cfg.train.strategy)
         if self.env.rank == 0:
-            modelops.export_model(self.model, model_state, path)
+            modelops.export_model(self.model, self.processor, model_state, path)
         if self.env.distributed:
             dist.barrier()
 

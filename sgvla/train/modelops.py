@@ -58,22 +58,21 @@ def model_config(cfg: TrainConfig, stats: dict | None = None):
 
 
 def build_model(cfg: TrainConfig, stats: dict):
-    """The model to train, on CPU, with the dataset's action statistics in its config."""
-    from sgvla.model import SGVLAForActionPrediction
+    """(model, processor) to train: the model on CPU with the dataset's action statistics in its
+    config, and the processor built from that config (with the tokenizer of `init_from` or of the
+    pretrained components, the byte tokenizer for a preset), so both carry the run's statistics."""
+    from sgvla.model import SGVLAForActionPrediction, SGVLAProcessor, load_components, load_policy
 
     m = cfg.model
-    if m.init_from:
-        model = SGVLAForActionPrediction.from_pretrained(m.init_from)
+    if m.init_from or m.extra.get("components"):
+        model, loaded = (load_policy(m.init_from) if m.init_from else
+                         load_components(**dict(m.extra["components"]), **m.preset_overrides()))
         _fit_config(model.config, cfg, stats)
-    elif m.extra.get("components"):
-        comps = dict(m.extra["components"])
-        overrides = m.preset_overrides()
-        model = SGVLAForActionPrediction.from_components(**comps, **overrides)
-        _fit_config(model.config, cfg, stats)
+        tokenizer = loaded.tokenizer
     else:
-        model = SGVLAForActionPrediction(model_config(cfg, stats))
+        model, tokenizer = SGVLAForActionPrediction(model_config(cfg, stats)), None
     model.train()
-    return model
+    return model, SGVLAProcessor.from_config(model.config, tokenizer)
 
 
 def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Dataset, list[int]]:
@@ -213,13 +212,16 @@ def load_optimizer_state(model, optimizer, state: dict, strategy: str) -> None:
             optimizer.state.pop(p, None)
 
 
-def export_model(model, state: dict, path: Path) -> Path:
-    """`save_pretrained` (atomic, with tokenizer and action statistics) of a stage-neutral model."""
+def export_model(model, processor, state: dict, path: Path) -> Path:
+    """`save_policy` (atomic: weights, config, processor with its tokenizer and action statistics)
+    of a stage-neutral model."""
+    from sgvla.model import save_policy
+
     m = _unwrap(model)
     detach = list(m.config.aux_detach)
     m.set_aux_detach(False)
     try:
-        m.save_pretrained(path, state_dict=state)
+        save_policy(m, processor, path, state_dict=state)
     finally:
         m.config.aux_detach = detach
     return Path(path)

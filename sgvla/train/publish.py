@@ -1,8 +1,8 @@
 """`sgvla push-model`: publish a training run's final model to the Hub with a model card.
 
-What is uploaded is the run's `model/` folder as `save_pretrained` wrote it (config, safetensors
-weights, tokenizer, action statistics), plus the card (`README.md`) and the resolved training
-config (`training_config.yaml`), so `SGVLAForActionPrediction.from_pretrained("USER/NAME")` and
+What is uploaded is the run's `model/` folder as `save_policy` wrote it (config, safetensors
+weights, processor_config.json with the action statistics, tokenizer), plus the card (`README.md`)
+and the resolved training config (`training_config.yaml`), so `sgvla.model.load_policy("USER/NAME")` and
 `sgvla eval --model USER/NAME` work on the repo as they do on the folder. The card reports only
 closed-loop results the user attaches with `--results` (folders written by `sgvla eval` for this
 very model), each with its split and seeds: a card never claims a success rate nobody measured.
@@ -141,9 +141,10 @@ An SG-VLA policy (arXiv [{ARXIV}](https://arxiv.org/abs/{ARXIV})) trained with s
 ## Use
 
 ```python
-from sgvla.model import SGVLAForActionPrediction
+from sgvla.model import load_policy  # importing sgvla.model also registers SG-VLA with AutoProcessor
 
-policy = SGVLAForActionPrediction.from_pretrained("{repo_id}")
+model, processor = load_policy("{repo_id}")  # strict: a weight that does not fit is an error
+action = model.predict_action(observation, "open the fridge", subtask="open", processor=processor).action
 ```
 
 ```bash
