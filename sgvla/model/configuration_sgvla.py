@@ -24,7 +24,7 @@ PAPER_AUX_WEIGHTS: dict[str, float] = {"global_pos": 1.0, "grasp": 5.0, "obj_pos
 #: Paper, Sec. 6.4: the flow expert helps pick/place, discrete tokens are better for open/close.
 DEFAULT_SUBTASK_MODES: dict[str, str] = {"pick": "flow", "place": "flow", "open": "tokens", "close": "tokens"}
 ACTION_MODES: tuple[str, ...] = ("tokens", "flow")
-#: Hub ids of the paper's components (used by `from_components` and the CLI's defaults).
+#: Hub ids of the paper's components (used by `load_components` and the CLI's defaults).
 HUB_COMPONENTS: dict[str, str] = {
     "dino": "facebook/dinov2-with-registers-large",
     "siglip": "google/siglip-so400m-patch14-224",
@@ -37,7 +37,7 @@ PROMPT_TEMPLATE = "What action should the robot take to {instruction}?"
 PRESETS: tuple[str, ...] = ("tiny", "sgvla-1.3b")
 
 # Sub-config sizes of the presets. The 1.3b numbers are the public configs of the Hub ids above
-# (DINOv2 is kept at 224 px: its 518-px position grid is resampled once in `from_components`).
+# (DINOv2 is kept at 224 px: its 518-px position grid is resampled once in `load_components`).
 _PRESET_SUBCONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "dino_config": dict(model_type="dinov2_with_registers", hidden_size=32, num_hidden_layers=3,
@@ -136,7 +136,7 @@ class SGVLAConfig(PreTrainedConfig):
     action_stats: dict[str, list[float]] | None = None
     system_prompt: str = QWEN_SYSTEM_PROMPT
     prompt_template: str = PROMPT_TEMPLATE
-    built_from: dict[str, str] | None = None  # provenance: {"preset": name} or the parts from_components loaded
+    built_from: dict[str, str] | None = None  # provenance: {"preset": name} or the parts load_components loaded
 
     def __post_init__(self, **kwargs):
         if self.views is None:
