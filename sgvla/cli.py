@@ -314,6 +314,9 @@ def eval_(
     video: bool = typer.Option(False, help="Save MP4s of head and hand views."),
     max_steps: int | None = typer.Option(None, help="Shorter horizon than the env's (quick checks only)."),
     gpus_per_worker: float = typer.Option(0, help="GPUs per worker: the model runs there in bf16 (0 on CPU)."),
+    token_decoding: str | None = typer.Option(None, help="Action tokens to actions: greedy (the paper's) or "
+                                               "expected (probability-weighted bin centres); default: the "
+                                               "model's config."),
     job: Path | None = job_file_option(),
     set_: list[str] = set_option(),
 ) -> None:
@@ -331,7 +334,7 @@ def eval_(
 
     run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,
              split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps,
-             gpus_per_worker=gpus_per_worker)
+             gpus_per_worker=gpus_per_worker, token_decoding=token_decoding)
 
 
 @command("serve")

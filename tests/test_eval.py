@@ -76,8 +76,10 @@ def test_blind_replay_reproduces_its_own_episode_and_names_missing_demos(tmp_pat
 
 @pytest.mark.parametrize("mode", ["tokens", "flow"])
 def test_tiny_model_runs_end_to_end(tiny_checkpoint, tmp_path, mode):
+    decoding = "expected" if mode == "tokens" else None  # reaches the policy in the worker (tokens only)
     res = run_eval(str(tiny_checkpoint), "mini_kitchen", "pick", episodes=1, out=tmp_path, mode=mode,
-                   workers=1, max_steps=12, video=True)
+                   workers=1, max_steps=12, video=True, token_decoding=decoding)
+    assert res["token_decoding"] == decoding
     (ep,) = res["episodes"]
     assert ep["steps"] == 12 and ep["success"] is False
     assert res["views"] == ["head_rgb", "hand_rgb", "head_depth"]
@@ -101,6 +103,8 @@ def test_bad_input_fails_before_rollouts(tmp_path):
         (["--model", "expert", "--workers", "-1"], "--workers"),
         (["--model", "expert", "--seed", "-1"], "--seed"),
         (["--model", "expert", "--split", "test"], "--split"),
+        (["--model", "expert", "--token-decoding", "beam"], "--token-decoding"),
+        (["--model", "expert", "--token-decoding", "expected"], "applies to a model loaded here"),
     ]
     for args, needle in cases:
         res = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "o")])

@@ -651,3 +651,24 @@ def test_compact_unit_pixels_are_resized_on_the_model_side_like_evaluation():
     assert a.losses.keys() == b.losses.keys()
     for k in a.losses:
         assert torch.allclose(a.losses[k], b.losses[k], atol=1e-5), k
+
+
+def test_expected_token_decoding_weights_bin_centres_by_their_probabilities():
+    model = tiny(use_flow_expert=False, n_action_bins=64).eval()
+    p = proc(model)
+    obs, text = observation(3), "close the drawer"
+    inputs = p(obs, text)
+    _, logits = model.decode_action_tokens(inputs["pixel_values"], inputs["input_ids"], return_logits=True)
+    centres = model.action_tokenizer.decode(torch.arange(model.action_tokenizer.begin, model.action_tokenizer.end))
+    want = p.unnormalize((logits[0].softmax(-1) @ centres).reshape(1, -1))
+    got = model.predict_action(obs, text, mode="tokens", processor=p, token_decoding="expected")
+    np.testing.assert_allclose(got.action, want[0], rtol=1e-5, atol=1e-6)
+    greedy = model.predict_action(obs, text, mode="tokens", processor=p)  # the config's default: greedy
+    np.testing.assert_allclose(greedy.action, p.unnormalize(centres[logits[0].argmax(-1)].reshape(1, -1))[0])
+    assert not np.allclose(got.action, greedy.action)
+    model.config.token_decoding = "expected"  # the saved setting is the default
+    np.testing.assert_allclose(model.predict_action(obs, text, mode="tokens", processor=p).action, got.action)
+    with pytest.raises(SgvlaError, match="token_decoding"):
+        model.predict_action(obs, text, mode="tokens", processor=p, token_decoding="beam")
+    with pytest.raises(SgvlaError, match="token_decoding"):
+        SGVLAConfig.from_preset("tiny", token_decoding="sampled")

@@ -117,8 +117,9 @@ class ModelPolicy:
     them are executed before the next query (paper: 2 of 8); token chunks are executed whole.
     """
 
-    def __init__(self, path: str | Path, mode: str = "auto", device: str = "cpu"):
+    def __init__(self, path: str | Path, mode: str = "auto", device: str = "cpu", token_decoding: str | None = None):
         model, self.processor = load_policy_model(path)
+        self.token_decoding = token_decoding  # None: the model's own (config.token_decoding)
         self.model = model.to(device)
         self.views, self.n_history = list(self.model.config.views), int(self.model.config.history)
         self.mode = mode
@@ -148,7 +149,8 @@ class ModelPolicy:
         """The actions to execute before the next query."""
         with self._precision():
             out = self.model.predict_action(self._observation(), self.instruction, subtask=self.subtask,
-                                            mode=self.mode, generator=self.generator, processor=self.processor)
+                                            mode=self.mode, generator=self.generator, processor=self.processor,
+                                            token_decoding=self.token_decoding)
         return [np.asarray(a, dtype=np.float32) for a in out.execute]
 
     def _precision(self):
@@ -254,9 +256,9 @@ def load_policy_model(path: str | Path):
     return model.eval(), processor
 
 
-def make_policy(spec: str, mode: str, device: str = "cpu"):
+def make_policy(spec: str, mode: str, device: str = "cpu", token_decoding: str | None = None):
     """`expert`, `random`, `replay:DEMOS`, `ws://HOST:PORT` (a served model), or a path to a
-    checkpoint / training run folder."""
+    checkpoint / training run folder (`token_decoding` applies to these only)."""
     if is_server(spec):
         return RemotePolicy(spec, mode=mode)
     if spec == "expert":
@@ -265,4 +267,4 @@ def make_policy(spec: str, mode: str, device: str = "cpu"):
         return RandomPolicy()
     if spec.startswith(REPLAY_PREFIX):
         return ReplayPolicy(spec[len(REPLAY_PREFIX):])
-    return ModelPolicy(spec, mode=mode, device=device)
+    return ModelPolicy(spec, mode=mode, device=device, token_decoding=token_decoding)

@@ -29,7 +29,7 @@ class EvalWorker:
     """Owns simulators (one per subtask, lazily built) and a policy; runs episodes on request."""
 
     def __init__(self, task: str, model: str, mode: str, out: str, video: bool, obs_mode: str,
-                 max_steps: int | None = None, use_gpu: bool = False):
+                 max_steps: int | None = None, use_gpu: bool = False, token_decoding: str | None = None):
         import torch
 
         from sgvla.eval.policies import make_policy
@@ -37,7 +37,7 @@ class EvalWorker:
         self.task, self.out, self.video, self.obs_mode = task, Path(out), video, obs_mode
         self.max_steps = max_steps
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
-        self.policy = make_policy(model, mode, device)
+        self.policy = make_policy(model, mode, device, token_decoding)
         self.envs: dict = {}
 
     def _env(self, subtask: str):
@@ -94,6 +94,19 @@ def _check_inputs(model: str, task: str, subtask: str, episodes: int, out: Path,
 
         require_mshab(task, subs)
     return subs
+
+
+def _check_token_decoding(model: str, token_decoding: str | None) -> None:
+    """--token-decoding is a setting of a loaded SG-VLA model: name what it cannot apply to."""
+    from sgvla.model.configuration_sgvla import TOKEN_DECODINGS
+
+    if token_decoding is None:
+        return
+    if token_decoding not in TOKEN_DECODINGS:
+        raise SgvlaError(f"unknown --token-decoding {token_decoding!r}: choose one of {', '.join(TOKEN_DECODINGS)}")
+    if is_reference(model) or is_server(model):
+        raise SgvlaError(f"--token-decoding applies to a model loaded here, not to --model {model} (a served "
+                         "model decodes as its config says)")
 
 
 def _obs_mode_for(model: str) -> tuple[str, list[str]]:
@@ -182,7 +195,8 @@ def episode_seeds(task: str, split: str, seed: int, episodes: int) -> list[int]:
 
 def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str = "auto", seed: int = 0,
              workers: int = 0, ray_address: str | None = None, video: bool = False,
-             max_steps: int | None = None, split: str = "val", gpus_per_worker: float = 0.0) -> dict:
+             max_steps: int | None = None, split: str = "val", gpus_per_worker: float = 0.0,
+             token_decoding: str | None = None) -> dict:
     """Evaluate `model` on `episodes` episodes of each subtask; write results.json/results.md into `out`.
 
     `split` is "val" unless you mean to measure on training episodes; `max_steps` shortens the env's
@@ -199,10 +213,12 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
 
     if gpus_per_worker < 0:
         raise SgvlaError(f"--gpus-per-worker must be 0 or more (got {gpus_per_worker})")
+    _check_token_decoding(model, token_decoding)
     session = RaySession(ray_address, num_cpus=max(n_workers, 1)).start()
     try:
         n_workers = _gpu_workers(gpus_per_worker, n_workers)
-        args = (task, model, mode, str(out.resolve()), video, obs_mode, max_steps, gpus_per_worker > 0)
+        args = (task, model, mode, str(out.resolve()), video, obs_mode, max_steps, gpus_per_worker > 0,
+                token_decoding)
         records = _run_jobs(jobs, n_workers, args, f"eval {model} on {task}", gpus_per_worker)
     finally:
         session.close()
@@ -210,7 +226,8 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
         raise SgvlaError(f"evaluation finished {len(records)} of {len(jobs)} episodes: nothing was written")
     records.sort(key=lambda r: (subs.index(r["subtask"]), r["seed"]))
     results = {"model": model, "task": task, "mode": "reference" if is_reference(model) else mode,
-               "split": split, "seed": seed, "seeds": seeds, "views": views, "max_steps": max_steps,
+               "token_decoding": token_decoding, "split": split, "seed": seed, "seeds": seeds, "views": views,
+               "max_steps": max_steps,
                "episodes": records, "aggregate": aggregate(records)}
     json_path, md_path = write_results(out, results)
     print(markdown_table(results))

@@ -19,6 +19,8 @@ from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ACTION_TOKEN_LAYOUTS, ActionTokenizer
 from sgvla.vocab import AUX_NAMES, VIEWS, mask_cameras
 
+#: How action tokens are turned into actions at inference (`SGVLAConfig.token_decoding`).
+TOKEN_DECODINGS: tuple[str, ...] = ("greedy", "expected")
 #: Paper, Sec. 6.1: lambda_pos 1, lambda_grasp 5, lambda_qpos 1, lambda_obj 1, lambda_seg 1.
 PAPER_AUX_WEIGHTS: dict[str, float] = {"global_pos": 1.0, "grasp": 5.0, "obj_pose": 1.0, "qpos": 1.0, "mask": 1.0}
 #: Paper, Sec. 6.4: the flow expert helps pick/place, discrete tokens are better for open/close.
@@ -87,6 +89,10 @@ class SGVLAConfig(PreTrainedConfig):
     `token_chunk` K: the action tokens encode the next K actions (K x `action_dim` tokens), all K
     executed before the next query; 1 (default) is the paper's single-step tokens (OpenVLA/MiniVLA),
     K > 1 MiniVLA's action chunking in token space.
+    `token_decoding`: how action tokens become actions at inference: "greedy" (each dimension's most
+    likely bin, the paper's) or "expected" (each dimension's bin centres weighted by their
+    probabilities, the greedy token still conditioning the next; docs/results.md section 3, fourth
+    round: better closed loop at CPU-scale data). Training is the same for both.
     Flow expert: `use_flow_expert`, `chunk_size` H, `flow_steps` Euler steps, `execute_steps` of the
     chunk run open-loop; expert width `expert_hidden_size` with the LLM's depth and head geometry.
     Auxiliary decoders: `aux_decoders` (subset of `AUX_NAMES`), `aux_weights`, `aux_detach` (decoders
@@ -114,6 +120,7 @@ class SGVLAConfig(PreTrainedConfig):
     action_token_begin: int | None = None
     action_token_layout: str = "sgvla"  # or "minivla": see sgvla.model.action_tokenizer
     token_chunk: int = 1
+    token_decoding: str = "greedy"
     chunk_size: int = 8
     flow_steps: int = 10
     execute_steps: int = 2
@@ -188,6 +195,8 @@ class SGVLAConfig(PreTrainedConfig):
         if not 1 <= self.token_chunk <= self.chunk_size:
             raise SgvlaError(f"config token_chunk={self.token_chunk} must be in 1..chunk_size ({self.chunk_size}): "
                              "the data pipeline provides chunk_size future actions")
+        if self.token_decoding not in TOKEN_DECODINGS:
+            raise SgvlaError(f"config token_decoding={self.token_decoding!r}: use one of {', '.join(TOKEN_DECODINGS)}")
         if self.execute_steps < 1 or self.execute_steps > self.chunk_size:
             raise SgvlaError(f"config execute_steps={self.execute_steps} must be in 1..chunk_size "
                              f"({self.chunk_size})")

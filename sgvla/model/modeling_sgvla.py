@@ -42,7 +42,7 @@ from transformers.utils import ModelOutput
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.aux_decoders import AuxiliaryDecoders, QposDecoder
-from sgvla.model.configuration_sgvla import ACTION_MODES, SGVLAConfig
+from sgvla.model.configuration_sgvla import ACTION_MODES, TOKEN_DECODINGS, SGVLAConfig
 from sgvla.model.flow_expert import FlowMatchingExpert
 from sgvla.model.processing_sgvla import (
     ACTION_DECODING_FILE,
@@ -456,10 +456,11 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
     @torch.no_grad()
     def predict_action(self, observation: Mapping[str, Any], instruction: str, subtask: str | None = None,
                        mode: str = "auto", generator: torch.Generator | None = None, *,
-                       processor: SGVLAProcessor) -> ActionPrediction:
+                       processor: SGVLAProcessor, token_decoding: str | None = None) -> ActionPrediction:
         """Actions for one raw observation (see `SGVLAProcessor.observation_pixels` for its format);
         `processor` (this model's, e.g. `AutoProcessor.from_pretrained(folder)`) builds the inputs
-        and un-normalises the actions, after checking that it belongs to this model's config."""
+        and un-normalises the actions, after checking that it belongs to this model's config.
+        `token_decoding` ("greedy" / "expected") overrides the config's for tokens mode."""
         processor.check_model(self.config)
         if processor.action_stats is None:
             raise SgvlaError("the model has no action_stats, so actions cannot be un-normalised: set "
@@ -470,8 +471,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         pixels = {k: v.to(device) for k, v in inputs["pixel_values"].items()}
         ids = inputs["input_ids"].to(device)
         if chosen == "tokens":
-            ids = self.decode_action_tokens(pixels, ids).cpu().reshape(self.config.token_chunk, -1)
-            norm = self.action_tokenizer.decode(ids)
+            norm = self._token_actions(pixels, ids, token_decoding or self.config.token_decoding)
             n_exec = self.config.token_chunk
         else:
             norm = self.sample_action_chunk(pixels, ids, generator=generator)[0].cpu().clamp(-1.0, 1.0)
@@ -479,6 +479,20 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         chunk = processor.unnormalize(norm)
         return ActionPrediction(action=chunk[0], chunk=chunk, execute=chunk[:n_exec],
                                 normalized_chunk=norm.numpy(), mode=chosen)
+
+    def _token_actions(self, pixels: Mapping[str, torch.Tensor], ids: torch.Tensor, decoding: str) -> torch.Tensor:
+        """Normalised actions (token_chunk, action_dim) of one prompt, decoded greedily or as each
+        dimension's expected bin centre (the greedy token conditions the next in both)."""
+        if decoding not in TOKEN_DECODINGS:
+            raise SgvlaError(f"token_decoding {decoding!r}: use one of {', '.join(TOKEN_DECODINGS)}")
+        tok_ids, logits = self.decode_action_tokens(pixels, ids, return_logits=True)
+        if decoding == "greedy":
+            norm = self.action_tokenizer.decode(tok_ids.cpu()[0])
+        else:
+            tok = self.action_tokenizer
+            centres = tok.decode(torch.arange(tok.begin, tok.end))
+            norm = logits[0].cpu().float().softmax(-1) @ centres
+        return norm.reshape(self.config.token_chunk, -1)
 
     # -- persistence -------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
