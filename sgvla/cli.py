@@ -161,7 +161,10 @@ def gen(
     out: Path = typer.Option(..., help="Dataset folder to write (resumed if it exists)."),
     demos: Path | None = typer.Option(None, help="Demo .h5 file or folder (mini_kitchen default: made on the spot)."),
     split: str = typer.Option("train", help="train, val or dev (the demos' episodes must belong to it)."),
-    workers: int = typer.Option(0, help="Simulator workers (0 = one per CPU core / GPU)."),
+    workers: int = typer.Option(0, help="Simulator workers (0 = one per CPU core / GPU; fewer start if the "
+                                        "cluster's memory does not hold them, see --worker-memory)."),
+    worker_memory: float | None = typer.Option(None, help="GiB of memory Ray reserves per simulator worker "
+                                                      "(default: 2 mini_kitchen, 6 MS-HAB on CPU, 16 MS-HAB on GPU)."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster ('auto' for the local one)."),
     episodes_per_shard: int = typer.Option(8, help="Episodes per Parquet shard (one shard = one Ray task)."),
     overwrite: bool = typer.Option(False, help="Delete what --out holds and start over."),
@@ -175,7 +178,7 @@ def gen(
 
     ok = run_gen(task=task, subtask=subtask, episodes=episodes, out=out, demos=demos, split=split,
                  workers=workers, ray_address=ray_address, episodes_per_shard=episodes_per_shard,
-                 overwrite=overwrite)
+                 overwrite=overwrite, worker_memory=worker_memory)
     if not ok:
         raise typer.Exit(1)
 

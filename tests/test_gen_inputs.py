@@ -391,3 +391,22 @@ def test_builtin_split_seeds_never_overlap_and_gen_keeps_val_out_of_train(tmp_pa
     with pytest.raises(SgvlaError, match=rf"traj_1 has reset seed {val[3]}, which belongs to the val split"):
         _gen(tmp_path, subtask="pick", demos=tmp_path / "demos")
     assert not (tmp_path / "ds").exists()
+
+
+def test_simulator_workers_reserve_memory_and_start_only_as_many_as_fit(ray_cluster, capsys):
+    import ray
+
+    from sgvla.datagen.pipeline import WORKER_MEMORY_GIB, _pool_shape
+
+    total = ray.cluster_resources()["memory"]
+    shape = _pool_shape(0, 100, 8)  # mini_kitchen, one per core
+    assert shape["memory"] == int(WORKER_MEMORY_GIB["builtin"] * 2**30)
+    assert shape["n"] == min(2, int(total // shape["memory"]))
+    assert _pool_shape(0, 100, 8, task="set_table")["memory"] == int(WORKER_MEMORY_GIB["mshab_cpu"] * 2**30)
+    one = total / 2**30 * 0.7  # only one such worker fits
+    assert _pool_shape(2, 100, 8, worker_memory=one)["n"] == 1
+    assert "do not fit the cluster's" in capsys.readouterr().out
+    with pytest.raises(SgvlaError, match="reserves 100000 GiB.*lower --worker-memory"):
+        _pool_shape(2, 100, 8, worker_memory=100_000)
+    res = CliRunner().invoke(app, ["gen", "--task", "mini_kitchen", "--out", "x", "--worker-memory", "0"])
+    assert res.exit_code == 2 and "--worker-memory must be a positive" in res.output, res.output

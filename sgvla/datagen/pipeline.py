@@ -54,6 +54,11 @@ DEMOS_DIR = ".demos"
 DEMO_SEED = 0
 #: Upper bound on sub-scenes of one vectorised GPU env (MS-HAB's own generator uses 252).
 GPU_MAX_ENVS = 252
+#: Memory (GiB) Ray reserves per simulator actor unless `--worker-memory` says otherwise, so that a
+#: node runs only as many actors as its memory holds. mini_kitchen: ~1.2 GiB resident measured per
+#: actor (one cached env, 128-px cameras); MS-HAB: an estimate (ReplicaCAD scene + YCB + the cached
+#: env; never measured here, no assets), GPU: the vectorised env's host side.
+WORKER_MEMORY_GIB = {"builtin": 2.0, "mshab_cpu": 6.0, "mshab_gpu": 16.0}
 
 
 def _portable(path) -> str:
@@ -165,19 +170,33 @@ def _find_files(task: str, subtasks: tuple[str, ...], demos: Path | None, episod
     return files
 
 
-def _pool_shape(workers: int, n_todo: int, episodes_per_shard: int) -> dict:
-    """Actors and their resources: one per GPU (vectorised env) if the cluster has GPUs, else per core."""
+def _pool_shape(workers: int, n_todo: int, episodes_per_shard: int, task: str = BUILTIN_TASK,
+                worker_memory: float | None = None) -> dict:
+    """Actors and their resources: one per GPU (vectorised env) if the cluster has GPUs, else per core;
+    each reserves `worker_memory` GiB (default `WORKER_MEMORY_GIB`), and no more actors start than
+    the cluster's memory holds."""
     import ray
 
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     if gpus:
-        n = workers or gpus
-        return {"n": max(1, min(n, n_todo)), "num_gpus": 1, "num_cpus": 1,
-                "num_envs": min(episodes_per_shard, GPU_MAX_ENVS), "sim_backend": "physx_cuda"}
-    n = workers or int(res.get("CPU", 1))
-    return {"n": max(1, min(n, n_todo)), "num_gpus": 0, "num_cpus": 1, "num_envs": 1,
-            "sim_backend": "physx_cpu"}
+        shape = {"n": workers or gpus, "num_gpus": 1, "num_cpus": 1,
+                 "num_envs": min(episodes_per_shard, GPU_MAX_ENVS), "sim_backend": "physx_cuda"}
+    else:
+        shape = {"n": workers or int(res.get("CPU", 1)), "num_gpus": 0, "num_cpus": 1, "num_envs": 1,
+                 "sim_backend": "physx_cpu"}
+    kind = "builtin" if task == BUILTIN_TASK else ("mshab_gpu" if gpus else "mshab_cpu")
+    gib = WORKER_MEMORY_GIB[kind] if worker_memory is None else worker_memory
+    shape["memory"] = int(gib * 2**30)
+    fits = int(res.get("memory", 0) // shape["memory"]) if shape["memory"] else shape["n"]
+    if fits < 1:
+        raise SgvlaError(f"one simulator worker reserves {gib:g} GiB but the Ray cluster offers "
+                         f"{res.get('memory', 0) / 2**30:.1f} GiB: lower --worker-memory or add memory")
+    if fits < shape["n"]:
+        print(f"note: {shape['n']} workers at {gib:g} GiB each do not fit the cluster's "
+              f"{res['memory'] / 2**30:.1f} GiB of memory: starting {fits} (--worker-memory sets the reservation)")
+    shape["n"] = max(1, min(shape["n"], fits, n_todo))
+    return shape
 
 
 class _Progress:
@@ -344,7 +363,7 @@ def _run_pool(root: Path, task: str, todo: list[ShardPlan], shape: dict) -> dict
     board_name = f"sgvla-gen-progress-{uuid.uuid4().hex[:12]}"
     board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name).remote()
     extra = {} if task == BUILTIN_TASK else {"runtime_env": mshab.worker_runtime_env()}
-    cls = ray.remote(SimWorker).options(num_cpus=shape["num_cpus"], num_gpus=shape["num_gpus"],
+    cls = ray.remote(SimWorker).options(num_cpus=shape["num_cpus"], num_gpus=shape["num_gpus"], memory=shape["memory"],
                                         max_restarts=MAX_SHARD_ATTEMPTS * len(todo), max_task_retries=0,
                                         scheduling_strategy="SPREAD", **extra)  # over the cluster's nodes
     actors = [cls.remote(task, str(root), shape["num_envs"], shape["sim_backend"], board_name)
@@ -416,18 +435,23 @@ def _check_split_seeds(task: str, split: str, files: dict[str, list[DemoFile]]) 
 
 
 def run_gen(task: str, subtask: str, episodes: int, out: Path, demos: Path | None, split: str,
-            workers: int, ray_address: str | None, episodes_per_shard: int, overwrite: bool) -> bool:
-    """Record the dataset (see the module docstring); True when no episode failed."""
+            workers: int, ray_address: str | None, episodes_per_shard: int, overwrite: bool,
+            worker_memory: float | None = None) -> bool:
+    """Record the dataset (see the module docstring); True when no episode failed. `worker_memory`:
+    GiB Ray reserves per simulator actor (None: `WORKER_MEMORY_GIB`)."""
     out = Path(out)
     subtasks = subtasks_for(task, subtask)
     _check_args(split, episodes, workers, episodes_per_shard, out)
+    if worker_memory is not None and worker_memory <= 0:
+        raise SgvlaError(f"--worker-memory must be a positive number of GiB (got {worker_memory})")
     with folder_lock(out, "`sgvla gen`"):
         return _run_gen(task, subtask, subtasks, episodes, out, demos, split, workers, ray_address,
-                        episodes_per_shard, overwrite)
+                        episodes_per_shard, overwrite, worker_memory)
 
 
 def _run_gen(task: str, subtask: str, subtasks: tuple[str, ...], episodes: int, out: Path, demos: Path | None,
-             split: str, workers: int, ray_address: str | None, episodes_per_shard: int, overwrite: bool) -> bool:
+             split: str, workers: int, ray_address: str | None, episodes_per_shard: int, overwrite: bool,
+             worker_memory: float | None = None) -> bool:
     fresh = not out.exists()
     _prepare_out(out, overwrite)
     session = RaySession(ray_address, num_cpus=max(workers, os.cpu_count() or 1))
@@ -453,7 +477,8 @@ def _run_gen(task: str, subtask: str, subtasks: tuple[str, ...], episodes: int, 
             print(f"{task}/{split}: {len(plan) - len(todo)} of {len(plan)} shards already done, "
                   f"{len(todo)} to go", file=sys.stderr)
             session.start()
-            failed = _run_pool(out, task, todo, _pool_shape(workers, len(todo), episodes_per_shard))
+            shape = _pool_shape(workers, len(todo), episodes_per_shard, task, worker_memory)
+            failed = _run_pool(out, task, todo, shape)
             errors = {(task, split, i): why for i, why in failed.items()}
     finally:
         session.close()
