@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor  # noqa: E402
 from sgvla.train.config import load_config  # noqa: E402
 from sgvla.train.modelops import enable_gradient_checkpointing  # noqa: E402
-from sgvla.transforms import normalize_for_towers  # noqa: E402
 
 PARTS = ("dino", "siglip", "llm", "rest")
 FULL_BLOCKS = {"dino": 23, "siglip": 26, "llm": 24}  # blocks run: each tower one short (vision.py)
@@ -58,7 +57,7 @@ def sample(config: SGVLAConfig, i: int) -> dict:
     s, h = config.image_size, config.chunk_size
     quat = g.normal(size=4)
     return {
-        "pixel_values": normalize_for_towers(torch.from_numpy(g.random((config.n_images, 3, s, s), dtype=np.float32))),
+        "pixel_values": {"unit": torch.from_numpy(g.random((config.n_images, 3, s, s), dtype=np.float32))},
         "instruction": "pick up the red bowl from the kitchen counter",
         "subtask": "pick",
         "action": g.uniform(-1, 1, 13).astype(np.float32),

@@ -103,7 +103,7 @@ def full_size(args) -> None:
     b, v, s = 32, cfg.n_images, cfg.image_size
     proc = SGVLAProcessor.from_config(cfg)
     samples = [{"instruction": "pick up the red bowl", "action": torch.rand(13) * 2 - 1,
-                "pixel_values": {"dino": torch.randn(v, 3, s, s), "siglip": torch.randn(v, 3, s, s)},
+                "pixel_values": {"unit": torch.rand(v, 3, s, s)},
                 "aux": {"grasp": torch.tensor(1.0), "qpos": torch.randn(12), "global_pos": torch.randn(2)},
                 "aux_valid": {"grasp": True, "qpos": True, "global_pos": True}} for _ in range(b)]
     batch = {k: (v.to(dev) if torch.is_tensor(v) else {kk: vv.to(dev) for kk, vv in v.items()}

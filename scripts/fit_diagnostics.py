@@ -32,7 +32,7 @@ def tokens(args) -> None:
     model, processor = load_policy(args.model)
     model.eval()
     c, tok = model.config, model.action_tokenizer
-    ds = SgvlaTorchDataset(args.dataset, views=c.views, image_size=c.image_size, chunk_size=c.chunk_size,
+    ds = SgvlaTorchDataset(args.dataset, views=c.views, chunk_size=c.chunk_size,
                            stats={"action": c.action_stats}, masks=False)
     rows = np.random.default_rng(args.seed).choice(len(ds), args.samples, replace=False)
     ce, teacher, greedy = (np.zeros(c.action_dim) for _ in range(3))
@@ -79,7 +79,7 @@ class ConvPolicy(nn.Module):
 
 def cnn(args) -> None:
     torch.manual_seed(args.seed)
-    ds = SgvlaTorchDataset(args.dataset, views=VIEWS, image_size=56, masks=False, pixel_format="unit16")
+    ds = SgvlaTorchDataset(args.dataset, views=VIEWS, masks=False)
     ids = {s: i for i, s in enumerate(sorted(set(ds._instruction)))}
     net = ConvPolicy(len(ids), args.size, args.bins)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

@@ -153,7 +153,7 @@ def ref_logits(ckpt: dict, dino_px: torch.Tensor, sig_px: torch.Tensor, ids: tor
 
 
 def sgvla_logits(model, dino_px: torch.Tensor, sig_px: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    images = model.encode_images({"dino": dino_px.unsqueeze(1), "siglip": sig_px.unsqueeze(1)})
+    images = model.encode_tower_inputs(dino_px.unsqueeze(1), sig_px.unsqueeze(1))
     embeds, attn, _ = model._assemble(ids, None, images)
     return model.llm(inputs_embeds=embeds, attention_mask=attn).logits
 

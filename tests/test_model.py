@@ -56,7 +56,7 @@ def make_sample(config: SGVLAConfig, seed: int, instruction: str = "Pick up the 
     """One item as the data pipeline produces it."""
     g = np.random.default_rng(seed)
     s, h = config.image_size, config.chunk_size
-    pixels = normalize_for_towers(torch.from_numpy(g.random((config.n_images, 3, s, s), dtype=np.float32)))
+    pixels = {"unit": torch.from_numpy(g.random((config.n_images, 3, s, s), dtype=np.float32))}
     quat = g.normal(size=4)
     return {
         "pixel_values": pixels,
@@ -86,7 +86,7 @@ def observation(seed: int = 0) -> dict:
     g = np.random.default_rng(seed)
     return {
         "head_rgb": g.integers(0, 256, (128, 128, 3), dtype=np.uint8),
-        "hand_rgb": g.integers(0, 256, (96, 96, 3), dtype=np.uint8),
+        "hand_rgb": g.integers(0, 256, (128, 128, 3), dtype=np.uint8),
         "head_depth": g.integers(0, 4000, (128, 128), dtype=np.uint16),
         "hand_depth": g.integers(0, 4000, (128, 128, 1)).astype(np.int32),
     }
@@ -132,7 +132,7 @@ def test_every_view_combination_runs(views):
     model = tiny(views=views, history=history)
     c = model.config
     batch = make_batch(model, 2)
-    assert batch["pixel_values"]["dino"].shape == (2, (history + 1) * len(views), 3, 56, 56)
+    assert batch["pixel_values"]["unit"].shape == (2, (history + 1) * len(views), 3, 56, 56)
     images = model.encode_images(batch["pixel_values"])
     assert images.shape == (2, (history + 1) * len(views) * 16, c.text_config.hidden_size)
     out = model(**batch)
@@ -395,9 +395,9 @@ def test_history_frames_are_oldest_first():
     obs = observation(0)
     old, older = observation(5), observation(6)
     obs["history"] = [older, old]
-    px = proc(model).observation_pixels(obs)["siglip"]
+    px = proc(model).observation_pixels(obs)["unit"]
     for i, frame in enumerate([older, old, obs]):
-        one = proc(tiny(views=["head_rgb"])).observation_pixels(frame)["siglip"][0]
+        one = proc(tiny(views=["head_rgb"])).observation_pixels(frame)["unit"][0]
         torch.testing.assert_close(px[i], one)
 
 
@@ -559,9 +559,8 @@ def test_auto_processor_round_trip_gives_the_same_inputs(tmp_path):
         for key in ("input_ids", "attention_mask", "labels", "action_chunk"):
             assert torch.equal(batch[key], want[key]), key
         assert torch.equal(inputs["input_ids"], want_inputs["input_ids"])
-        for k in ("dino", "siglip"):
-            assert torch.equal(batch["pixel_values"][k], want["pixel_values"][k])
-            assert torch.equal(inputs["pixel_values"][k], want_inputs["pixel_values"][k])
+        assert torch.equal(batch["pixel_values"]["unit"], want["pixel_values"]["unit"])
+        assert torch.equal(inputs["pixel_values"]["unit"], want_inputs["pixel_values"]["unit"])
         np.testing.assert_array_equal(loaded.unnormalize(np.zeros((2, 13))), processor.unnormalize(np.zeros((2, 13))))
 
 
@@ -627,30 +626,38 @@ def test_load_components_uses_second_to_last_layer_features(tmp_path):
                         llm=str(tmp_path / "llm"), image_size=56)
 
 
-def test_compact_unit_pixels_are_resized_on_the_model_side_like_evaluation():
-    """The pipeline's "unit16" format (128 px half floats) gives the same loss as pre-made towers."""
-    from sgvla.transforms import unit_to_towers
+def test_a_dataset_frame_reaches_the_towers_equal_in_training_and_evaluation(tmp_path, monkeypatch):
+    """One pixel path: a dataset row through training (dataset -> collate -> model) and its raw
+    frames as an evaluation observation (processor -> model) give the towers equal inputs, which
+    match the float32 definition (/255 or Eq. 1, bicubic, normalisation) up to float16 rounding."""
+    import pyarrow.parquet as pq
 
-    model = tiny().eval()
-    g = np.random.default_rng(3)
-    samples = [make_sample(model.config, i) for i in range(2)]
-    units = [torch.from_numpy(g.random((model.config.n_images, 3, 128, 128), dtype=np.float32)).half()
-             for _ in samples]
-    for s, u in zip(samples, units, strict=True):
-        s["pixel_values"] = {"unit": u}
-    compact = proc(model).collate(samples)
-    assert compact["pixel_values"]["unit"].dtype == torch.float16  # half the bytes out of the workers
-    for s, u in zip(samples, units, strict=True):
-        s["pixel_values"] = unit_to_towers(u, model.config.image_size)
-    towers = proc(model).collate(samples)
+    from sgvla.dataset.schema import decode_png
+    from sgvla.dataset.synthetic import write_synthetic_dataset
+    from sgvla.dataset.torch_dataset import SgvlaTorchDataset
+    from sgvla.transforms import depth_to_unit, unit_to_towers
+
+    root = write_synthetic_dataset(tmp_path / "ds", "mini_kitchen", {"train": [4]}, episodes_per_shard=1)
+    model = tiny(views=["head_rgb", "hand_depth"], history=1).eval()
+    c, p = model.config, proc(model)
+    ds = SgvlaTorchDataset(root, "mini_kitchen", views=c.views, history=c.history, chunk_size=c.chunk_size,
+                           cache_dir=str(tmp_path / "cache"))
+    rows = pq.read_table(sorted(root.glob("mini_kitchen/data/train-*.parquet"))).to_pydict()
+    older, now = ({v: decode_png(rows[v][t]) for v in c.views} for t in (1, 2))  # row 2 and its history
+    seen = []
+    encode = model.encode_tower_inputs
+    monkeypatch.setattr(model, "encode_tower_inputs", lambda d, s: seen.append((d, s)) or encode(d, s))
     with torch.no_grad():
-        torch.manual_seed(0)  # the flow loss draws noise and times
-        a = model(**compact)
-        torch.manual_seed(0)
-        b = model(**towers)
-    assert a.losses.keys() == b.losses.keys()
-    for k in a.losses:
-        assert torch.allclose(a.losses[k], b.losses[k], atol=1e-5), k
+        model.encode_images(p.collate([ds[2]])["pixel_values"])
+        model.encode_images(p({**now, "history": [older]}, "open the fridge")["pixel_values"])
+    (train_dino, train_sig), (eval_dino, eval_sig) = seen
+    assert torch.equal(train_dino, eval_dino) and torch.equal(train_sig, eval_sig)
+    unit = [torch.from_numpy(f["head_rgb"]).movedim(-1, 0).float() / 255 for f in (older, now)]
+    unit.insert(1, depth_to_unit(torch.from_numpy(older["hand_depth"].astype(np.int32))).expand(3, -1, -1))
+    unit.append(depth_to_unit(torch.from_numpy(now["hand_depth"].astype(np.int32))).expand(3, -1, -1))
+    want = unit_to_towers(torch.stack(unit)[None], c.image_size)
+    torch.testing.assert_close(train_dino, want["dino"], rtol=0, atol=3e-3)
+    torch.testing.assert_close(train_sig, want["siglip"], rtol=0, atol=3e-3)
 
 
 def test_expected_token_decoding_weights_bin_centres_by_their_probabilities():

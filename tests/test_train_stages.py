@@ -55,7 +55,8 @@ def test_the_documented_dataloader_feeds_the_model(dataset, setup):
 
     cfg, model, _, _ = setup
     c = model.config
-    ds = SgvlaTorchDataset(dataset, "mini_kitchen", views=c.views, image_size=c.image_size, pixel_format="unit16")
+    ds = SgvlaTorchDataset(dataset, "mini_kitchen", views=c.views, history=c.history,
+                           chunk_size=c.chunk_size)
     processor = SGVLAProcessor.from_config(c)
     loader = make_dataloader(ds, batch_size=4, num_workers=0, seed=0, collate_fn=processor.collate)
     out = model(**next(iter(loader)))

@@ -2,13 +2,14 @@
 
 One sample is the observation at step t of an episode plus its targets:
 
-* ``pixel_values``: {"dino", "siglip"} float32 [V, 3, S, S], V = (history + 1) * len(views),
-  frame-major: all views of frame t-history, ..., all views of frame t, views in the order given
-  (any of "head_rgb", "hand_rgb", "head_depth", "hand_depth"). History frames before the episode
-  start repeat its first frame. The values are those of `sgvla.transforms` (what evaluation
-  runs): to_unit_image (depth via Eq. 1 from the 16-bit millimetres, 3 channels, never through
-  8-bit PIL) -> bicubic resize to S -> DINOv2 / SigLIP normalisation; computed with OpenCV for
-  speed and tested to agree within 2e-4.
+* ``pixel_values``: {"unit": float16 [V, 3, H, W]} in [0, 1] at the stored resolution (128 px),
+  V = (history + 1) * len(views), frame-major: all views of frame t-history, ..., all views of
+  frame t, views in the order given (any of "head_rgb", "hand_rgb", "head_depth", "hand_depth").
+  History frames before the episode start repeat its first frame. The values are those of
+  `sgvla.transforms.frames_to_unit16`, which the processor runs on evaluation observations too
+  (depth via Eq. 1 from the 16-bit millimetres, 3 channels, never through 8-bit PIL); the model
+  resizes and normalises them for its towers on its own device (`transforms.unit_to_towers`), so
+  DataLoader workers ship 128 px half floats, not two float32 copies at the model's resolution.
 * ``instruction``, ``subtask``, ``task``: strings.
 * ``action``: float32[13], q01/q99-normalised to [-1, 1] with meta/stats.json;
   ``action_chunk``: float32[H, 13] = actions t..t+H-1, normalised, past the episode end repeating
@@ -21,11 +22,6 @@ One sample is the observation at step t of an episode plus its targets:
   on (`sgvla.tasks.AUX_LABEL_SUBTASKS`: pose and masks on pick and place only); masks are also
   invalid when ``masks=False`` (not decoded), while an empty mask is a correct label (target out
   of view). global_pos, grasp and qpos are valid whenever finite.
-
-With ``pixel_format="unit16"`` the sample carries ``pixel_values = {"unit": float16 [V, 3, H, W]}``
-(unit images at the stored 128 px) instead, and the consumer applies `unit_to_towers` on its
-device: the towers are 12x more bytes than the unit images, and moving them from DataLoader
-workers is what bounds the throughput on CPU (see bench/dataset_io.py).
 
 The pipeline has no randomness, so a sample depends only on its index; shuffling belongs to the
 sampler (`make_dataloader`: a seeded, resumable permutation split across ranks), which makes it
@@ -57,21 +53,10 @@ from sgvla.dataset.schema import (
 )
 from sgvla.dataset.stats import load_stats, require_action_stats
 from sgvla.errors import SgvlaError
-from sgvla.transforms import (
-    depth_to_unit,
-    normalize_action,
-    normalize_for_towers,
-    resize,
-    to_unit_image,
-    unit_to_towers,
-)
-from sgvla.vocab import AUX_LABEL_SUBTASKS, VIEWS, view_kind
+from sgvla.transforms import frames_to_unit16, normalize_action
+from sgvla.vocab import AUX_LABEL_SUBTASKS, VIEWS
 
 MASK_SIZE = IMAGE_SIZE
-#: "towers": the contract above. "unit16": pixel_values = {"unit": float16 [V, 3, H, W]} in [0, 1]
-#: at the dataset's resolution (depth already through Eq. 1); the consumer calls
-#: `unit_to_towers` on its device. 12x fewer bytes per sample through the DataLoader at 224 px.
-PIXEL_FORMATS = ("towers", "unit16")
 #: The vectors a sample is built from (action targets and aux targets); the world pose is not one.
 _VECTORS = tuple(f for f in VECTOR_FIELDS if f != "obj_pose_world")
 _TABULAR = ("episode_index", "frame_index", "is_grasped", "task", "subtask", "instruction", *_VECTORS)
@@ -79,144 +64,27 @@ _TABULAR = ("episode_index", "frame_index", "is_grasped", "task", "subtask", "in
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """What the model consumes: views, history length, resolution, chunk length, masks."""
+    """What the model consumes: views, history length, chunk length, masks (the model resizes)."""
 
     views: tuple[str, ...] = VIEWS
     history: int = 0
-    image_size: int = 224
     chunk_size: int = 8
     masks: bool = True
-    pixel_format: str = "towers"
 
     def check(self) -> None:
-        if self.pixel_format not in PIXEL_FORMATS:
-            raise SgvlaError(f"pixel_format {self.pixel_format!r} unknown: choose one of {', '.join(PIXEL_FORMATS)}")
         bad = [v for v in self.views if v not in VIEWS]
         if bad or not self.views or len(set(self.views)) != len(self.views):
             raise SgvlaError(f"views {list(self.views)} invalid: give distinct names from "
                              f"{', '.join(VIEWS)}")
-        if self.history < 0 or self.chunk_size < 1 or self.image_size < 8:
-            raise SgvlaError(f"history={self.history}, chunk_size={self.chunk_size}, "
-                             f"image_size={self.image_size}: "
-                             "need history >= 0, chunk_size >= 1, image_size >= 8")
+        if self.history < 0 or self.chunk_size < 1:
+            raise SgvlaError(f"history={self.history}, chunk_size={self.chunk_size}: "
+                             "need history >= 0, chunk_size >= 1")
 
     def image_fields(self) -> tuple[str, ...]:
         return tuple(self.views) + (MASK_FIELDS if self.masks else ())
 
 
 # ---------------------------------------------------------------- decoding and sample assembly
-
-
-#: Eq. 1 for every 16-bit millimetre value, from its one definition (`transforms.depth_to_unit`):
-#: a gather replaces per-pixel tanh, and the fast paths cannot drift from what evaluation runs.
-_DEPTH_UNIT = depth_to_unit(torch.arange(65536)).numpy()
-
-
-def unit_planes(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> np.ndarray:
-    """Decoded views -> float32 planes [C, H, W] in [0, 1]: 3 per RGB view, 1 per depth view.
-
-    Depth is looked up in `_DEPTH_UNIT` (Eq. 1) by its exact 16-bit millimetres; it is
-    replicated to 3 channels only after resizing, which saves resizing two copies.
-    """
-    planes = []
-    for frame in frames:
-        for v in views:
-            if view_kind(v) == "rgb":
-                planes.append(frame[v].transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255))
-            else:
-                planes.append(np.take(_DEPTH_UNIT, frame[v])[None])
-    return np.concatenate(planes, axis=0)
-
-
-def _resize_planes(x: np.ndarray, size: int) -> np.ndarray:
-    """Bicubic resize of float planes [C, H, W] to [C, size, size], clamped to [0, 1].
-
-    OpenCV's INTER_CUBIC uses the same kernel (a = -0.75), half-pixel alignment and edge
-    replication as torch's bicubic `transforms.resize`; outputs agree to ~1e-4 after
-    normalisation (tested). One plane per call because OpenCV's single-channel path is
-    vectorised (multi-channel float images of 3 or > 4 channels take a ~20x slower path).
-    """
-    import cv2
-
-    if x.shape[1:] == (size, size):
-        return x
-    out = np.empty((x.shape[0], size, size), np.float32)
-    for i in range(x.shape[0]):
-        cv2.resize(x[i], (size, size), dst=out[i], interpolation=cv2.INTER_CUBIC)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def _tower_affine() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(scale, shift) per tower so that normalised = x * scale + shift, from `normalize_for_towers`."""
-    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
-    n0, n1 = normalize_for_towers(zero), normalize_for_towers(one)
-    return {k: ((n1[k] - n0[k])[0], n0[k][0]) for k in n0}
-
-
-_AFFINE = _tower_affine()
-
-
-def views_to_pixels(frames: list[dict[str, np.ndarray]], views: Sequence[str],
-                    size: int) -> dict[str, torch.Tensor]:
-    """Decoded frames (oldest first) -> {"dino","siglip"} [len(frames)*len(views), 3, size, size].
-
-    Same result as `to_unit_image -> resize -> normalize_for_towers` of `sgvla.transforms`
-    (what evaluation runs), computed with OpenCV resizes and one affine pass per tower.
-    """
-    chw = torch.from_numpy(_resize_planes(unit_planes(frames, views), size))
-    n = len(frames) * len(views)
-    out = {k: torch.empty(n, 3, size, size) for k in _AFFINE}
-    c = 0
-    for k in range(n):
-        if view_kind(views[k % len(views)]) == "rgb":
-            src, c = chw[c:c + 3], c + 3
-        else:
-            src, c = chw[c:c + 1].expand(3, size, size), c + 1
-        for tower, (scale, shift) in _AFFINE.items():
-            torch.mul(src, scale, out=out[tower][k]).add_(shift)  # 4x faster than addcmul here
-    return out
-
-
-#: Eq. 1 and the RGB scaling as float16 lookup tables: one gather per view replaces the float32
-#: arithmetic (and tanh) plus the conversion, the bulk of a sample's work after PNG decoding.
-_RGB_UNIT16 = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float16)
-_DEPTH_UNIT16 = _DEPTH_UNIT.astype(np.float16)
-
-
-def views_to_unit16(frames: list[dict[str, np.ndarray]], views: Sequence[str]) -> torch.Tensor:
-    """Decoded frames -> float16 [V, 3, H, W] in [0, 1] at the stored resolution (no resize).
-
-    float16 keeps 11 significant bits: Eq. 1 depth stays ~8x finer than an 8-bit image. Values are
-    those of `unit_planes` rounded to float16 (the same tables). RGB goes through
-    OpenCV's LUT on the float16 bit patterns and `split` into the planes (3x faster than a numpy
-    gather over the transposed image); depth through `np.take` into the first plane, then copied.
-    """
-    import cv2
-
-    first = frames[0][views[0]]
-    out = np.empty((len(frames) * len(views), 3, first.shape[0], first.shape[1]), dtype=np.float16)
-    bits = out.view(np.uint16)
-    k = 0
-    for frame in frames:
-        for v in views:
-            if view_kind(v) == "rgb":
-                cv2.split(cv2.LUT(frame[v], _RGB_UNIT16.view(np.uint16)), list(bits[k]))
-            else:  # one gather, then the plane is replicated to 3 channels
-                np.take(_DEPTH_UNIT16, frame[v].reshape(out.shape[2:]), out=out[k, 0])
-                out[k, 1:] = out[k, 0]
-            k += 1
-    return torch.from_numpy(out)
-
-
-def views_to_pixels_reference(frames: list[dict[str, np.ndarray]], views: Sequence[str],
-                              size: int) -> dict[str, torch.Tensor]:
-    """The plain `sgvla.transforms` path (slow): the definition `views_to_pixels` must match."""
-    unit = []
-    for frame in frames:
-        for v in views:
-            arr = frame[v].astype(np.int32) if view_kind(v) == "depth" else frame[v]
-            unit.append(to_unit_image(torch.from_numpy(np.ascontiguousarray(arr)), view_kind(v)))
-    return normalize_for_towers(resize(torch.stack(unit), size))
 
 
 def aux_validity(subtask: str, values: dict[str, np.ndarray], masks: bool) -> dict[str, bool]:
@@ -267,8 +135,7 @@ class SampleBuilder:
         aux = {k: torch.as_tensor(np.asarray(v, np.float32)) if valid[k] else torch.zeros(np.shape(v))
                for k, v in aux.items()}
         return {
-            "pixel_values": (views_to_pixels(frames, spec.views, spec.image_size) if spec.pixel_format == "towers"
-                             else {"unit": views_to_unit16(frames, spec.views)}),
+            "pixel_values": {"unit": frames_to_unit16(frames, spec.views)},
             "instruction": text["instruction"], "subtask": text["subtask"], "task": text["task"],
             "action": torch.from_numpy(actions[0].copy()),
             "action_chunk": torch.from_numpy(actions),
@@ -282,14 +149,8 @@ _TUNED_PID: int | None = None
 
 
 def tune_worker_process() -> None:
-    """Per-worker-process settings: one OpenCV thread (as torch uses one per worker) and glibc heap reuse.
-
-    Each sample writes ~10 MB of fresh float32 (two normalised towers at 224 px): with glibc's
-    defaults every such buffer is a new mmap whose pages fault in on first touch, which measured
-    about half of the per-sample time. Raising the mmap / trim thresholds makes the worker reuse
-    its heap. Only applied inside worker processes, once per process; a no-op elsewhere.
-    """
-    import ctypes
+    """One OpenCV thread per DataLoader worker process (as torch uses one per worker): the workers
+    already run in parallel, and OpenCV's own pool would oversubscribe the cores. Once per process."""
     import os
 
     global _TUNED_PID
@@ -299,12 +160,6 @@ def tune_worker_process() -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 # ---------------------------------------------------------------- sources
@@ -391,12 +246,12 @@ class SgvlaTorchDataset(Dataset):
 
     def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
                  views: Sequence[str] = VIEWS, history: int = 0,
-                 image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
+                 chunk_size: int = 8, stats: dict | str | Path | None = None,
                  masks: bool = True, revision: str | None = None,
-                 cache_dir: str | None = None, pixel_format: str = "towers"):
+                 cache_dir: str | None = None):
         from datasets import Image, concatenate_datasets
 
-        self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks, pixel_format)
+        self.spec = PipelineSpec(tuple(views), history, chunk_size, masks)
         self.spec.check()
         self.stats = load_stats_for(source, stats, revision)
         parts = []
@@ -482,10 +337,10 @@ class SgvlaStreamingDataset(IterableDataset):
 
     def __init__(self, source: str | Path, configs: str | Sequence[str] | None = None, split: str = "train",
                  views: Sequence[str] = VIEWS, history: int = 0,
-                 image_size: int = 224, chunk_size: int = 8, stats: dict | str | Path | None = None,
+                 chunk_size: int = 8, stats: dict | str | Path | None = None,
                  seed: int = 0, masks: bool = True, shuffle_buffer: int = 256, rank: int = 0,
-                 world_size: int = 1, revision: str | None = None, pixel_format: str = "towers"):
-        self.spec = PipelineSpec(tuple(views), history, image_size, chunk_size, masks, pixel_format)
+                 world_size: int = 1, revision: str | None = None):
+        self.spec = PipelineSpec(tuple(views), history, chunk_size, masks)
         self.spec.check()
         self.source, self.split, self.revision = source, split, revision
         self.configs = resolve_configs(source, configs)
@@ -561,5 +416,4 @@ class SgvlaStreamingDataset(IterableDataset):
 
 
 __all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader",
-           "views_to_pixels", "aux_validity",
-           "PIXEL_FORMATS", "unit_to_towers", "views_to_unit16", "tune_worker_process"]
+           "aux_validity", "tune_worker_process"]

@@ -213,29 +213,35 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
 
     # -- inputs ------------------------------------------------------------------------------
     def encode_images(self, pixel_values: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """{"dino", "siglip"}: (B, V, 3, S, S) -> projected patch tokens (B, V * P, llm width).
+        """{"unit": (B, V, 3, H, W) images in [0, 1]} -> projected patch tokens (B, V * P, llm width).
 
-        Also takes {"unit": (B, V, 3, H, W)} images in [0, 1] at any resolution (the data pipeline's
-        compact "unit16" format): they are resized and normalised here, on the model's device, with
-        exactly the transforms evaluation uses, so DataLoader workers ship 128 px half floats instead
-        of two float32 copies at 224 px.
+        The data pipeline and the processor both give unit images (`transforms.frames_to_unit16`);
+        only the model resizes and normalises them for its towers (`transforms.unit_to_towers`), on
+        its own device, so training and evaluation cannot feed the towers different inputs.
         """
         c = self.config
-        want = c.pixel_shape
-        if isinstance(pixel_values, Mapping) and set(pixel_values) == {"unit"}:
-            pixel_values = unit_to_towers(pixel_values["unit"], c.image_size)
-        if not isinstance(pixel_values, Mapping) or set(pixel_values) != {"dino", "siglip"}:
-            raise SgvlaError("pixel_values must be a dict with 'dino' and 'siglip' tensors "
-                             "(see sgvla.transforms.normalize_for_towers)")
-        shapes = {k: tuple(v.shape) for k, v in pixel_values.items()}
-        if any(s[1:] != want for s in shapes.values()) or shapes["dino"] != shapes["siglip"]:
-            raise SgvlaError(f"pixel_values shapes {shapes} do not match this model: it expects (B, {want[0]}, 3, "
-                             f"{c.image_size}, {c.image_size}) = (history+1)*len(views) images for "
+        unit = pixel_values.get("unit") if isinstance(pixel_values, Mapping) else None
+        if unit is None or set(pixel_values) != {"unit"}:
+            raise SgvlaError("pixel_values must be {'unit': (B, V, 3, H, W) images in [0, 1]}, what the data "
+                             "pipeline and SGVLAProcessor give (see sgvla.transforms.frames_to_unit16)")
+        if unit.ndim != 5 or tuple(unit.shape[1:3]) != c.pixel_shape[:2]:
+            raise SgvlaError(f"pixel_values['unit'] is {tuple(unit.shape)} but this model expects (B, "
+                             f"{c.pixel_shape[0]}, 3, H, W) = (history+1)*len(views) images for "
                              f"views={c.views}, history={c.history}")
-        b, v = shapes["dino"][:2]
+        towers = unit_to_towers(unit, c.image_size)
+        return self.encode_tower_inputs(towers["dino"], towers["siglip"])
+
+    def encode_tower_inputs(self, dino: torch.Tensor, siglip: torch.Tensor) -> torch.Tensor:
+        """Normalised tower inputs (B, V, 3, S, S) each -> projected patch tokens (B, V * P, llm width).
+
+        The step after `unit_to_towers`; public so that checks against other implementations (which
+        normalise in their own way) can feed the towers directly.
+        """
+        want = self.config.pixel_shape
+        b, v = dino.shape[:2]
         dtype = self.projector.net[0].weight.dtype
-        dino = pixel_values["dino"].reshape(b * v, *want[1:]).to(dtype)
-        sig = pixel_values["siglip"].reshape(b * v, *want[1:]).to(dtype)
+        dino = dino.reshape(b * v, *want[1:]).to(dtype)
+        sig = siglip.reshape(b * v, *want[1:]).to(dtype)
         feats = self.vision(dino, sig)
         return self.projector(feats).reshape(b, v * feats.shape[1], -1)
 

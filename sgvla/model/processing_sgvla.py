@@ -37,7 +37,7 @@ from sgvla.batching import stack_columns
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.configuration_sgvla import PROMPT_TEMPLATE, QWEN_SYSTEM_PROMPT
-from sgvla.transforms import normalize_for_towers, resize, to_unit_image, unnormalize_action
+from sgvla.transforms import frames_to_unit16, unnormalize_action
 from sgvla.vocab import AUX_TARGETS, VIEWS, view_kind
 
 IGNORE_INDEX = -100
@@ -209,10 +209,10 @@ class SGVLAProcessor(ProcessorMixin):
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Dataset samples -> a batch dict that `model(**batch)` accepts (right padding).
 
-        Sample keys: pixel_values {"dino", "siglip"} (V, 3, S, S), instruction, action (13,)
+        Sample keys: pixel_values {"unit": (V, 3, H, W)} in [0, 1], instruction, action (13,)
         normalised; optional action_chunk (H, 13) + action_chunk_pad (H,) bool, aux {key: target} +
         aux_valid {key: bool} (keys of AUX_TARGETS), subtask. Batch keys: input_ids, attention_mask,
-        labels (B, T); pixel_values (B, V, 3, S, S) each; action (B, 13); action_chunk (B, H, 13);
+        labels (B, T); pixel_values {"unit": (B, V, 3, H, W)}; action (B, 13); action_chunk (B, H, 13);
         action_chunk_pad (B, H); aux {key: (B, ...)}; aux_valid {key: (B,) bool}; subtask list.
         """
         if not samples:
@@ -269,24 +269,23 @@ class SGVLAProcessor(ProcessorMixin):
         return cols
 
     def _check_pixels(self, pixels: Mapping[str, torch.Tensor]) -> None:
-        want = self.pixel_shape
-        for k, v in pixels.items():
-            if k == "unit" and tuple(v.shape[1:3]) == want[:2]:
-                continue  # resized on the model's device (encode_images)
-            if tuple(v.shape[1:]) != want:
-                raise SgvlaError(f"pixel_values[{k!r}] is {tuple(v.shape[1:])} per sample but the model expects "
-                                 f"{want}: (history+1)*len(views) = ({self.history}+1)*{len(self.views)} images "
-                                 f"for views={self.views} at {self.image_size} px; build the data pipeline from "
-                                 "the model's config")
+        want = self.pixel_shape[:2]
+        unit = pixels.get("unit")
+        if set(pixels) != {"unit"} or unit.ndim != 5 or tuple(unit.shape[1:3]) != want:
+            got = {k: tuple(v.shape[1:]) for k, v in pixels.items()}
+            raise SgvlaError(f"pixel_values per sample are {got} but the model expects {{'unit': ({want[0]}, 3, H, "
+                             f"W)}}: (history+1)*len(views) = ({self.history}+1)*{len(self.views)} unit images "
+                             f"for views={self.views}; build the data pipeline from the model's config")
 
     # -- observations ------------------------------------------------------------------------
     def observation_pixels(self, observation: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Raw observation -> {"dino", "siglip"}: (V, 3, S, S) float32, frame-major, views in `views` order.
+        """Raw observation -> {"unit": (V, 3, H, W) float16 in [0, 1]}, frame-major, views in `views` order:
+        the data pipeline's path (`transforms.frames_to_unit16`); the model resizes and normalises.
 
-        `observation[view]`: uint8 (H, W, 3) for *_rgb, depth in mm (H, W) or (H, W, 1) for *_depth.
-        `observation["history"]` (only read when history = k > 0): list of previous
-        observations, oldest first, each a dict with the same view keys; the last k are used and a
-        shorter list (episode start) is padded by repeating its oldest frame (or the current one).
+        `observation[view]`: uint8 (H, W, 3) for *_rgb, depth in mm (H, W) or (H, W, 1) for *_depth,
+        every view at one resolution. `observation["history"]` (only read when history = k > 0): list
+        of previous observations, oldest first, each a dict with the same view keys; the last k are
+        used and a shorter list (episode start) is padded by repeating its oldest frame (or the current one).
         """
         missing = [v for v in self.views if v not in observation]
         if missing:
@@ -295,17 +294,17 @@ class SGVLAProcessor(ProcessorMixin):
         if self.history:
             oldest = past[0] if past else observation
             past = [oldest] * (self.history - len(past)) + past
-        images = []
-        for frame in [*past, observation]:
+        frames = [*past, observation]
+        for frame in frames:
             for view in self.views:
                 if view not in frame:
                     raise SgvlaError(f"a history frame lacks view {view!r}: give every frame views={self.views}")
-                images.append(resize(to_unit_image(_checked(frame[view], view), view_kind(view)), self.image_size))
-        return normalize_for_towers(torch.stack(images))
+                _checked(frame[view], view)
+        return {"unit": frames_to_unit16(frames, self.views)}
 
     def __call__(self, observation: Mapping[str, Any], instruction: str) -> dict[str, Any]:
         """One raw observation + instruction -> the model's inference inputs, batch of one:
-        {"pixel_values": {"dino", "siglip"} (1, V, 3, S, S), "input_ids": (1, L)}."""
+        {"pixel_values": {"unit": (1, V, 3, H, W)}, "input_ids": (1, L)}."""
         pixels = {k: v.unsqueeze(0) for k, v in self.observation_pixels(observation).items()}
         return {"pixel_values": pixels, "input_ids": torch.tensor([self.prompt_ids(instruction)])}
 
@@ -399,6 +398,6 @@ def _float_tensor(x: Any) -> torch.Tensor:
 
 
 def _pixel_tensor(x: Any) -> torch.Tensor:
-    """Half floats stay half (the "unit16" format: half the bytes out of DataLoader workers)."""
+    """Half floats stay half (the data pipeline's unit images: half the bytes out of DataLoader workers)."""
     t = torch.as_tensor(x)
     return t if t.dtype in (torch.float16, torch.bfloat16) else t.float()

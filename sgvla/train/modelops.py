@@ -82,11 +82,8 @@ def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Da
     from sgvla.dataset.torch_dataset import SgvlaTorchDataset
 
     ds = SgvlaTorchDataset(data["source"], configs=data["configs"], split=data["split"], views=mc.views,
-                           history=mc.history, image_size=mc.image_size, chunk_size=mc.chunk_size,
-                           stats=data["stats"], masks="mask" in mc.aux_decoders,
-                           # 128 px half floats through the DataLoader; the model resizes and normalises
-                           # them on its own device (12x fewer bytes per sample than ready-made towers).
-                           pixel_format="unit16")
+                           history=mc.history, chunk_size=mc.chunk_size,
+                           stats=data["stats"], masks="mask" in mc.aux_decoders)
     if cfg.data.subtasks is None:
         return ds, list(range(len(ds)))
     names = np.asarray(ds.subtasks)  # per-row subtask names, read once at construction
