@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--dev", type=int, default=20, help="dev episodes per subtask")
     ap.add_argument("--variants", default="bins64:pos,regress:pos,flow:pos")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (results are keyed by variant@seed)")
     ap.add_argument("--dagger", type=int, default=0, help="DAgger rounds after the first training")
     ap.add_argument("--dagger-episodes", type=int, default=12, help="policy-driven episodes per subtask per round")
     ap.add_argument("--out", type=Path, default=Path("outputs/oracle"))
@@ -235,11 +236,12 @@ def main() -> None:
         rounds = data
         for k in range(args.dagger + 1):
             name = variant if k == 0 else f"{variant}+dagger{k}"
+            name += f"@{args.seed}" if args.seed else ""
             x = rounds["x_vel" if qvel else "x_pos"]
             # head: regress | flow | flow-mean (from noise 0) | binsN | binsN-mean (expected bin centre)
             print(f"{name}: {len(x)} transitions, {x.shape[1]} features", flush=True)
             kind = head.split("-")[0]
-            model = train(x, rounds["y"], kind.rstrip("0123456789"), args.steps, seed=0,
+            model = train(x, rounds["y"], kind.rstrip("0123456789"), args.steps, seed=args.seed,
                           bins=int(kind[4:] or 64) if kind.startswith("bins") else 64)
             if name not in results:
                 results[name] = {"dev": evaluate(model, qvel, args.dev, decode), "steps": args.steps,
