@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -51,12 +52,9 @@ def features(obs: dict, subtask: str, qvel: bool) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def record(seeds: list[int], repeats: int, noise: float, policy: MLPPolicy | None = None,
-           qvel: bool = False) -> dict[str, np.ndarray]:
-    """Expert-labelled episodes of every subtask, observations stored raw (both feature sets are cut
-    from them later). Without `policy`: the expert drives (clean, then `repeats - 1` perturbed
-    copies) and only successful episodes are kept. With `policy` (DAgger): the policy drives, the
-    expert only labels the states the policy reaches, and every episode is kept."""
+def record(seeds: list[int], repeats: int, noise: float) -> dict[str, np.ndarray]:
+    """Expert episodes of every subtask (clean, then `repeats - 1` DART-perturbed copies whose labels
+    stay the expert's clean actions), successful ones only. Both feature sets are stored."""
     from sgvla.envs.expert import ScriptedExpert
     from sgvla.envs.make import make_env
 
@@ -77,20 +75,18 @@ def record(seeds: list[int], repeats: int, noise: float, policy: MLPPolicy | Non
                     ep["x_pos"].append(features(obs, sub, qvel=False))
                     ep["x_vel"].append(features(obs, sub, qvel=True))
                     ep["y"].append(action)
-                    if policy is not None:
-                        action = policy.act(features(obs, sub, qvel))
-                    elif r > 0 and expert.stage != "hold":
+                    if r > 0 and expert.stage != "hold":
                         action = action.copy()
                         action[NOISE_DIMS] = np.clip(action[NOISE_DIMS] + rng.normal(0, noise, 7), -1, 1)
                     obs, _, _, _, info = env.step(action)
                     steps += 1
                     streak = streak + 1 if bool(info["success"][0]) else 0
-                if streak or policy is not None:
+                if streak:
                     for k in ep:
                         rows[k] += ep[k]
                     kept += 1
         env.close()
-        print(f"recorded {sub}: {kept}/{len(seeds) * repeats} episodes kept", flush=True)
+        print(f"recorded {sub}: {kept}/{len(seeds) * repeats} successful", flush=True)
     return {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
 
 
@@ -214,8 +210,6 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=20, help="dev episodes per subtask")
     ap.add_argument("--variants", default="bins64:pos,regress:pos,flow:pos")
     ap.add_argument("--seed", type=int, default=0, help="training seed (results are keyed by variant@seed)")
-    ap.add_argument("--dagger", type=int, default=0, help="DAgger rounds after the first training")
-    ap.add_argument("--dagger-episodes", type=int, default=12, help="policy-driven episodes per subtask per round")
     ap.add_argument("--out", type=Path, default=Path("outputs/oracle"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -225,35 +219,30 @@ def main() -> None:
     else:
         t0 = time.time()
         data = record(split_seeds("train", 0, args.episodes), args.repeats, args.noise)
-        np.savez(demos, **data)
+        with open(demos.with_suffix(".tmp"), "wb") as f:  # renamed when complete: a killed run re-records
+            np.savez(f, **data)
+        os.replace(demos.with_suffix(".tmp"), demos)
         print(f"recorded {len(data['y'])} transitions in {time.time() - t0:.0f} s")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for variant in args.variants.split(","):
+        name = variant + (f"@{args.seed}" if args.seed else "")
+        if name in results:
+            continue
         head, feats = variant.split(":")
         qvel = feats == "vel"
+        x = data["x_vel" if qvel else "x_pos"]
+        # head: regress | flow | flow-mean (from noise 0) | binsN | binsN-mean (expected bin centre)
+        print(f"{name}: {len(x)} transitions, {x.shape[1]} features", flush=True)
+        kind = head.split("-")[0]
+        model = train(x, data["y"], kind.rstrip("0123456789"), args.steps, seed=args.seed,
+                      bins=int(kind[4:] or 64) if kind.startswith("bins") else 64)
         decode = "mean" if head.endswith("-mean") else "argmax"
-        rounds = data
-        for k in range(args.dagger + 1):
-            name = variant if k == 0 else f"{variant}+dagger{k}"
-            name += f"@{args.seed}" if args.seed else ""
-            x = rounds["x_vel" if qvel else "x_pos"]
-            # head: regress | flow | flow-mean (from noise 0) | binsN | binsN-mean (expected bin centre)
-            print(f"{name}: {len(x)} transitions, {x.shape[1]} features", flush=True)
-            kind = head.split("-")[0]
-            model = train(x, rounds["y"], kind.rstrip("0123456789"), args.steps, seed=args.seed,
-                          bins=int(kind[4:] or 64) if kind.startswith("bins") else 64)
-            if name not in results:
-                results[name] = {"dev": evaluate(model, qvel, args.dev, decode), "steps": args.steps,
-                                 "transitions": len(x), "episodes": args.episodes, "repeats": args.repeats,
-                                 "noise": args.noise}
-                tmp = results_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(results, indent=1))
-                tmp.replace(results_path)
-            if k < args.dagger:  # fresh train seeds each round, beyond the demos' own
-                seeds = split_seeds("train", 10_000 + k * args.dagger_episodes, args.dagger_episodes)
-                new = record(seeds, 1, 0.0, policy=model, qvel=qvel)
-                rounds = {key: np.concatenate([rounds[key], new[key]]) for key in ("x_pos", "x_vel", "y")}
+        results[name] = {"dev": evaluate(model, qvel, args.dev, decode), "steps": args.steps, "transitions": len(x),
+                         "episodes": args.episodes, "repeats": args.repeats, "noise": args.noise}
+        tmp = results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(results_path)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def _pool_shape(workers: int, n_todo: int, episodes_per_shard: int, task: str = 
     kind = "builtin" if task == BUILTIN_TASK else ("mshab_gpu" if gpus else "mshab_cpu")
     gib = WORKER_MEMORY_GIB[kind] if worker_memory is None else worker_memory
     shape["memory"] = int(gib * 2**30)
-    fits = int(res.get("memory", 0) // shape["memory"]) if shape["memory"] else shape["n"]
+    fits = int(res.get("memory", 0) // shape["memory"])
     if fits < 1:
         raise SgvlaError(f"one simulator worker reserves {gib:g} GiB but the Ray cluster offers "
                          f"{res.get('memory', 0) / 2**30:.1f} GiB: lower --worker-memory or add memory")

@@ -43,9 +43,9 @@ def truncate_metrics(run: Path, keep_through_step: int) -> None:
 
 
 def open_wandb(project: str, mode: str, run: Path, run_id: str, config: dict):
-    """The W&B run the metrics go to, opened through Ray's integration (which gives other ranks a
-    disabled run). The id is the sgvla run's own, so a resumed run continues its W&B run; files go
-    under RUN/wandb, next to metrics.jsonl, where `wandb sync` finds an offline run."""
+    """The W&B run rank 0's metrics go to, opened through Ray's integration. The id is the sgvla
+    run's own, so a resumed run continues its W&B run; files go under RUN/wandb, next to
+    metrics.jsonl, where `wandb sync` finds an offline run."""
     from ray.air.integrations.wandb import setup_wandb
 
     os.environ["WANDB_MODE"] = mode  # wandb's own switch; Ray's integration asks for an API key unless offline
