@@ -320,6 +320,8 @@ def eval_(
     token_decoding: str | None = typer.Option(None, help="Action tokens to actions: greedy (the paper's) or "
                                                "expected (probability-weighted bin centres); default: the "
                                                "model's config."),
+    batch_envs: int = typer.Option(1, help="Envs per worker run in lockstep, their model queries batched "
+                                           "into one call per step (for GPUs; same episodes)."),
     job: Path | None = job_file_option(),
     set_: list[str] = set_option(),
 ) -> None:
@@ -337,7 +339,7 @@ def eval_(
 
     run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,
              split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps,
-             gpus_per_worker=gpus_per_worker, token_decoding=token_decoding)
+             gpus_per_worker=gpus_per_worker, token_decoding=token_decoding, batch_envs=batch_envs)
 
 
 @command("serve")

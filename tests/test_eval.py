@@ -92,6 +92,90 @@ def test_tiny_model_runs_end_to_end(tiny_checkpoint, tmp_path, mode):
     assert frames.shape[0] == 13 and frames.shape[2] == 256 and np.ptp(frames) > 0
 
 
+class _ScriptedEnv:
+    """The reset/step surface `run_episode` reads, with episodes that end at different steps (seed
+    10: success at step 3, 11: `fail` at 5, 12: never) and observations that depend only on the
+    seed and the step, so any difference in the actions is the policy's."""
+
+    views = ("head_rgb", "hand_rgb", "head_depth")
+
+    def __init__(self):
+        self.unwrapped, self.actions = self, []
+
+    def _obs(self) -> dict:
+        import torch
+
+        from sgvla.vocab import view_sensor
+
+        g = np.random.default_rng((self.seed, self.t))
+        data: dict = {}
+        for view in self.views:
+            uid, key = view_sensor(view)
+            shape = (1, 32, 32, 3) if key == "rgb" else (1, 32, 32, 1)
+            data.setdefault(uid, {})[key] = torch.from_numpy(g.integers(0, 255 if key == "rgb" else 3000, shape))
+        return {"sensor_data": data}
+
+    def reset(self, seed: int):
+        self.seed, self.t, self.actions = seed, 0, []
+        self.instruction = ["pick up the cube", "pick up the small red cube on the left", "pick it"][seed - 10]
+        self.target_name = "cube"
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.actions.append(np.asarray(action))
+        info = {"success": self.seed == 10 and self.t == 3, "fail": self.seed == 11 and self.t == 5}
+        return self._obs(), 0.0, False, False, info
+
+
+@pytest.mark.parametrize("mode", ["tokens", "flow"])
+def test_lockstep_episodes_match_one_env_at_a_time(tiny_checkpoint, mode, monkeypatch):
+    """`run_episodes`: three episodes with prompts of different lengths, ending at different steps,
+    stepped together with one model call per step (finished ones leave the batch; flow re-plans
+    every execute_steps) are the episodes `run_episode` gives one at a time."""
+    from sgvla.eval.policies import ModelPolicy
+    from sgvla.eval.rollout import run_episode, run_episodes
+
+    policy = ModelPolicy(str(tiny_checkpoint), mode=mode)
+    seeds = [10, 11, 12]
+    alone = []
+    for s in seeds:
+        env = _ScriptedEnv()
+        alone.append((run_episode(env, policy, "pick", s, 7), env.actions))
+    sizes = []
+    predict = policy.model.predict_actions
+    monkeypatch.setattr(policy.model, "predict_actions", lambda obs, *a, **k: sizes.append(len(obs)) or
+                        predict(obs, *a, **k))
+    envs = [_ScriptedEnv() for _ in seeds]
+    together = run_episodes(envs, policy, "pick", seeds, 7)
+    assert sizes == ([3, 3, 2, 1] if mode == "flow" else [3, 3, 3, 2, 2, 1, 1])
+    assert [(r.success, r.steps, r.failure) for r in together] == [(True, 3, None), (False, 5, "fail"),
+                                                                 (False, 7, "horizon")]
+    for (one, actions), both, env in zip(alone, together, envs, strict=True):
+        assert one == both
+        np.testing.assert_allclose(np.stack(env.actions), np.stack(actions), rtol=0, atol=1e-5)
+
+
+def test_batched_envs_give_the_episodes_of_one_env_at_a_time(tiny_checkpoint, tmp_path):
+    """--batch-envs 2 in the simulator: two envs per worker stepped in lockstep, one model call per
+    step; every episode (the chunk of two and the one left over) is the one it is when run alone,
+    down to its video (greedy tokens: float rounding in the batch does not change an action)."""
+    import imageio.v3 as iio
+
+    kw = dict(model=str(tiny_checkpoint), task="mini_kitchen", subtask="pick", episodes=3, mode="tokens",
+              max_steps=8, video=True, workers=1)
+    one = run_eval(**kw, out=tmp_path / "k1")
+    two = run_eval(**kw, out=tmp_path / "k2", batch_envs=2)
+    assert one["batch_envs"] == 1 and two["batch_envs"] == 2
+
+    def outcome(res):
+        return [{k: v for k, v in e.items() if k != "video"} for e in res["episodes"]]
+
+    assert outcome(two) == outcome(one) and [e["steps"] for e in one["episodes"]] == [8] * 3
+    for e1, e2 in zip(one["episodes"], two["episodes"], strict=True):
+        assert np.array_equal(iio.imread(e1["video"]), iio.imread(e2["video"])), e1["seed"]
+
+
 def test_bad_input_fails_before_rollouts(tmp_path):
     runner = CliRunner()
     cases = [
@@ -105,6 +189,9 @@ def test_bad_input_fails_before_rollouts(tmp_path):
         (["--model", "expert", "--split", "test"], "--split"),
         (["--model", "expert", "--token-decoding", "beam"], "--token-decoding"),
         (["--model", "expert", "--token-decoding", "expected"], "applies to a model loaded here"),
+        (["--model", "expert", "--batch-envs", "0"], "--batch-envs must be at least 1"),
+        (["--model", "random", "--batch-envs", "2"], "--batch-envs 2 batches the queries of a model loaded here"),
+        (["--policy-server", "ws://127.0.0.1:9", "--batch-envs", "2"], "--model ws://127.0.0.1:9 has none"),
     ]
     for args, needle in cases:
         res = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "o")])

@@ -463,6 +463,34 @@ def test_sampling_equals_an_euler_loop_over_velocity():
                                model.expert.sample(kv, ones, plen, rotary, noise, steps))
 
 
+def test_batched_prediction_equals_one_call_per_observation():
+    """Instructions of different token lengths in one batch (left padding, position ids counting
+    real tokens only) give every row the actions it gets alone: tokens greedy and expected, and
+    flow from the same per-row noise."""
+    model = tiny(views=["head_rgb", "hand_depth"], history=1, text_config={"initializer_range": 0.2}).eval()
+    processor = proc(model)
+    texts = ["open the fridge", "pick up the red bowl from the kitchen counter", "close it"]
+    obs = [{**observation(i), "history": [observation(10 + i)]} for i in range(3)]
+    lengths = {len(processor.prompt_ids(t)) for t in texts}
+    assert len(lengths) == 3, lengths
+
+    def gens():
+        return [torch.Generator().manual_seed(7 + i) for i in range(3)]
+
+    for mode, decoding in (("tokens", "greedy"), ("tokens", "expected"), ("flow", None)):
+        batched = model.predict_actions(obs, texts, mode=mode, generators=gens(), processor=processor,
+                                        token_decoding=decoding)
+        for o, t, g, b in zip(obs, texts, gens(), batched, strict=True):
+            one = model.predict_action(o, t, mode=mode, generator=g, processor=processor, token_decoding=decoding)
+            np.testing.assert_allclose(b.normalized_chunk, one.normalized_chunk, rtol=0, atol=1e-5,
+                                       err_msg=f"{mode}/{decoding}: {t!r}")
+            assert b.mode == one.mode and b.execute.shape == one.execute.shape
+    tokens = model.predict_actions(obs, texts, mode="tokens", processor=processor)
+    assert len({tuple(p.normalized_chunk.ravel()) for p in tokens}) == 3  # the rows differ: a real check
+    with pytest.raises(SgvlaError, match="one instruction per observation"):
+        model.predict_actions(obs, texts[:2], mode="tokens", processor=processor)
+
+
 # -- persistence and errors ---------------------------------------------------------------------
 
 def test_save_load_round_trip_is_bit_exact(tmp_path):

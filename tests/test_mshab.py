@@ -65,7 +65,7 @@ def test_model_policy_resets_on_an_env_without_instruction(tmp_path):
     policy = ModelPolicy(_saved_tiny_model(tmp_path), mode="tokens")
     env = _mshab_env("pick", SimpleNamespace(uid="u1", type="pick", obj_id="024_bowl-0"))
     policy.reset(env, "pick", 0)
-    assert policy.instruction == "pick up the bowl"
+    assert policy.episode.instruction == "pick up the bowl"
 
 
 class _FakeMshabEnv(gym.Env):

@@ -8,7 +8,9 @@ success rate and random near zero; if not, the harness (not the model) is broken
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,11 +112,40 @@ def observation_from_obs(obs: dict, views: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
+@dataclass
+class EpisodeState:
+    """What a `ModelPolicy` keeps of one episode: its prompt, its history frames, the actions still
+    to execute and its own noise generator. One per env, so several envs can share one model
+    (`ModelPolicy.act_batch`) without their episodes leaking into each other."""
+
+    subtask: str
+    instruction: str
+    generator: Any  # torch.Generator, seeded from the episode
+    history: deque
+    queue: deque = field(default_factory=deque)
+
+    def push(self, frame: dict[str, np.ndarray]) -> None:
+        if not self.history:  # episode start: history clamps to the first frame, as in training
+            self.history.extend([frame] * self.history.maxlen)
+        else:
+            self.history.append(frame)
+
+    def observation(self) -> dict:
+        """The current frame with the previous ones under "history", as the processor reads them."""
+        frames = list(self.history)
+        obs = dict(frames[-1])
+        if len(frames) > 1:
+            obs["history"] = frames[:-1]
+        return obs
+
+
 class ModelPolicy:
     """An SG-VLA checkpoint: the same preprocessing as training, history frames, action chunks.
 
     In flow mode the model predicts a chunk of `chunk_size` actions and the first `execute_steps` of
     them are executed before the next query (paper: 2 of 8); token chunks are executed whole.
+    `reset`/`act` drive one env; `start`/`act_batch` drive several in lockstep, one model call for
+    all the envs whose action queue ran dry.
     """
 
     def __init__(self, path: str | Path, mode: str = "auto", device: str = "cpu", token_decoding: str | None = None):
@@ -126,32 +157,42 @@ class ModelPolicy:
         self.name = str(path)
         self.device = device
 
-    def reset(self, env, subtask: str, seed: int) -> None:
+    def start(self, env, subtask: str, seed: int) -> EpisodeState:
+        """A fresh episode of `env` (just reset with `seed`): every source of randomness seeded from it."""
         import torch
 
-        self.subtask = subtask
-        self.instruction, _ = episode_text(env, subtask)  # the prompt it was trained with
-        self.history: deque = deque(maxlen=self.n_history + 1)
-        self.queue: deque = deque()
-        self.generator = torch.Generator().manual_seed(seed)
+        instruction, _ = episode_text(env, subtask)  # the prompt it was trained with
+        return EpisodeState(subtask, instruction, torch.Generator().manual_seed(seed),
+                            deque(maxlen=self.n_history + 1))
+
+    def reset(self, env, subtask: str, seed: int) -> None:
+        self.episode = self.start(env, subtask, seed)
 
     def act(self, env, obs) -> np.ndarray:
-        frame = observation_from_obs(obs, self.views)
-        if not self.history:  # episode start: history clamps to the first frame, as in training
-            self.history.extend([frame] * self.history.maxlen)
-        else:
-            self.history.append(frame)
-        if not self.queue:
-            self.queue.extend(self._predict())
-        return self.queue.popleft()
+        return self.act_batch([self.episode], [obs])[0]
 
-    def _predict(self) -> list[np.ndarray]:
-        """The actions to execute before the next query."""
+    def act_batch(self, episodes: list[EpisodeState], observations: list) -> list[np.ndarray]:
+        """One action per episode (all of one subtask) from its env's observation; the episodes
+        that have no planned action left are planned together, in one model call."""
+        for ep, obs in zip(episodes, observations, strict=True):
+            ep.push(observation_from_obs(obs, self.views))
+        empty = [ep for ep in episodes if not ep.queue]
+        if empty:
+            for ep, plan in zip(empty, self._predict(empty), strict=True):
+                ep.queue.extend(plan)
+        return [ep.queue.popleft() for ep in episodes]
+
+    def _predict(self, episodes: list[EpisodeState]) -> list[list[np.ndarray]]:
+        """The actions each episode executes before its next query."""
+        subtasks = {ep.subtask for ep in episodes}
+        if len(subtasks) > 1:
+            raise SgvlaError(f"act_batch got episodes of several subtasks {sorted(subtasks)}: batch one subtask's")
         with self._precision():
-            out = self.model.predict_action(self._observation(), self.instruction, subtask=self.subtask,
-                                            mode=self.mode, generator=self.generator, processor=self.processor,
-                                            token_decoding=self.token_decoding)
-        return [np.asarray(a, dtype=np.float32) for a in out.execute]
+            outs = self.model.predict_actions([ep.observation() for ep in episodes],
+                                              [ep.instruction for ep in episodes], subtask=episodes[0].subtask,
+                                              mode=self.mode, generators=[ep.generator for ep in episodes],
+                                              processor=self.processor, token_decoding=self.token_decoding)
+        return [[np.asarray(a, dtype=np.float32) for a in out.execute] for out in outs]
 
     def _precision(self):
         """bf16 autocast on a GPU (a 1.3B model in fp32 is tens of seconds per step on CPU and needlessly
@@ -163,13 +204,6 @@ class ModelPolicy:
         if self.device.startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    def _observation(self) -> dict:
-        frames = list(self.history)
-        obs = dict(frames[-1])
-        if self.n_history:
-            obs["history"] = frames[:-1]
-        return obs
 
 
 class ServerConnection:
@@ -214,9 +248,13 @@ class RemotePolicy(ModelPolicy):
         self.views, self.n_history = list(self.server.meta["views"]), int(self.server.meta["history"])
         self.mode, self.name, self.device = mode, url, "cpu"
 
-    def _predict(self) -> list[np.ndarray]:
-        request = {**self._observation(), "prompt": self.instruction, "subtask": self.subtask, "mode": self.mode}
-        return list(np.asarray(self.server.query(request)["actions"], dtype=np.float32))
+    def _predict(self, episodes: list[EpisodeState]) -> list[list[np.ndarray]]:
+        """One query per episode (the server answers one observation at a time)."""
+        plans = []
+        for ep in episodes:
+            request = {**ep.observation(), "prompt": ep.instruction, "subtask": ep.subtask, "mode": self.mode}
+            plans.append(list(np.asarray(self.server.query(request)["actions"], dtype=np.float32)))
+        return plans
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -1,9 +1,17 @@
 """`sgvla eval`: closed-loop success rates, episodes spread over Ray workers.
 
-Each worker owns one simulator per subtask and one copy of the policy, built once and reused for
-all its episodes (building a scene costs seconds). Episode i of a subtask is episode seed + i of the
-split: on the built-in scene the val split's reset seeds never meet the train split's that
-`sgvla demos` records (`sgvla.tasks.split_seeds`); MS-HAB evaluates on its own val scenes. Every
+Each worker owns simulators (`--batch-envs` K per subtask) and one copy of the policy, built once
+and reused for all its episodes (building a scene costs seconds). With K > 1 a worker runs K
+episodes in lockstep and asks the model for all of them in one batched call per step (a GPU's worth
+of work instead of a batch of one); the jobs are fixed chunks of K consecutive seeds of a subtask,
+and a finished episode leaves its chunk's batch rather than taking the next seed, so which episodes
+share a batch never depends on scheduling. A batched row equals a single call up to float rounding:
+greedy tokens give the same episodes, while flow and expected decoding can drift apart by that
+rounding through the closed loop (compare such results at one K).
+
+Episode i of a subtask is episode seed + i of the split: on the built-in scene the val split's
+reset seeds never meet the train split's that `sgvla demos` records (`sgvla.tasks.split_seeds`);
+MS-HAB evaluates on its own val scenes. Every
 source of randomness in the policy is seeded from the episode, so a rerun gives the same episodes.
 """
 
@@ -26,7 +34,8 @@ MODES = ("tokens", "flow", "auto")
 
 
 class EvalWorker:
-    """Owns simulators (one per subtask, lazily built) and a policy; runs episodes on request."""
+    """Owns simulators (per subtask, as many as its largest batch, lazily built) and a policy; runs
+    episodes on request."""
 
     def __init__(self, task: str, model: str, mode: str, out: str, video: bool, obs_mode: str,
                  max_steps: int | None = None, use_gpu: bool = False, token_decoding: str | None = None):
@@ -38,23 +47,31 @@ class EvalWorker:
         self.max_steps = max_steps
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
         self.policy = make_policy(model, mode, device, token_decoding)
-        self.envs: dict = {}
+        self.envs: dict[str, list] = {}
 
-    def _env(self, subtask: str):
-        if subtask not in self.envs:
-            self.envs[subtask] = make_eval_env(self.task, subtask, self.obs_mode)
-        return self.envs[subtask]
+    def _envs(self, subtask: str, n: int) -> list:
+        envs = self.envs.setdefault(subtask, [])
+        while len(envs) < n:
+            envs.append(make_eval_env(self.task, subtask, self.obs_mode))
+        return envs[:n]
 
     def run(self, subtask: str, seed: int) -> dict:
+        """One episode's record."""
+        return self.run_batch(subtask, [seed])[0]
+
+    def run_batch(self, subtask: str, seeds: list[int]) -> list[dict]:
+        """The records of `seeds`' episodes, run in lockstep on one env each (one alone: `run_episode`)."""
         from mani_skill.utils.gym_utils import find_max_episode_steps_value
 
         from sgvla.eval.mshab_env import HORIZON
-        from sgvla.eval.rollout import run_episode
+        from sgvla.eval.rollout import run_episode, run_episodes
 
-        env = self._env(subtask)
-        horizon = self.max_steps or find_max_episode_steps_value(env) or HORIZON
-        video = self.out / "videos" / f"{subtask}-seed{seed}.mp4" if self.video else None
-        return run_episode(env, self.policy, subtask, seed, horizon, video).to_dict()
+        envs = self._envs(subtask, len(seeds))
+        horizon = self.max_steps or find_max_episode_steps_value(envs[0]) or HORIZON
+        videos = [self.out / "videos" / f"{subtask}-seed{s}.mp4" if self.video else None for s in seeds]
+        if len(seeds) == 1:
+            return [run_episode(envs[0], self.policy, subtask, seeds[0], horizon, videos[0]).to_dict()]
+        return [r.to_dict() for r in run_episodes(envs, self.policy, subtask, list(seeds), horizon, videos)]
 
 
 def make_eval_env(task: str, subtask: str, obs_mode: str):
@@ -109,6 +126,16 @@ def _check_token_decoding(model: str, token_decoding: str | None) -> None:
                          "model decodes as its config says)")
 
 
+def _check_batch_envs(model: str, batch_envs: int) -> None:
+    """K > 1 batches the queries of a model loaded here; the references ask no model, and a served
+    model answers one observation at a time, so for them it would only cost K scenes per worker."""
+    if batch_envs < 1:
+        raise SgvlaError(f"--batch-envs must be at least 1 (got {batch_envs})")
+    if batch_envs > 1 and (is_reference(model) or is_server(model)):
+        raise SgvlaError(f"--batch-envs {batch_envs} batches the queries of a model loaded here; --model {model} "
+                         "has none to batch: leave it at 1 and use --workers for parallel episodes")
+
+
 def _obs_mode_for(model: str) -> tuple[str, list[str]]:
     """Render only what the policy needs; a model's views are checked against the env before any rollout."""
     if is_reference(model):
@@ -142,9 +169,9 @@ def _obs_mode_of_views(model: str, views: list[str]) -> str:
     return "rgb+depth" if any(view_kind(v) == "depth" for v in views) else "rgb"
 
 
-def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: str,
+def _run_jobs(jobs: list[tuple[str, tuple[int, ...]]], n_workers: int, args: tuple, desc: str,
               gpus_per_worker: float = 0.0) -> list[dict]:
-    """Spread (subtask, seed) episodes over `n_workers` EvalWorker actors; their records, unordered."""
+    """Spread (subtask, seeds) chunks over `n_workers` EvalWorker actors; their episodes' records, unordered."""
     import ray
 
     actor_cls = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=1, max_task_retries=1)(EvalWorker)
@@ -152,12 +179,12 @@ def _run_jobs(jobs: list[tuple[str, int]], n_workers: int, args: tuple, desc: st
     pool = ray.util.ActorPool(actors)
     records = []
     try:
-        with tqdm(total=len(jobs), desc=desc, unit="ep") as bar:
-            for rec in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
-                records.append(rec)
+        with tqdm(total=sum(len(seeds) for _, seeds in jobs), desc=desc, unit="ep") as bar:
+            for recs in pool.map_unordered(lambda a, job: a.run_batch.remote(*job), jobs):
+                records.extend(recs)
                 done = sum(r["success"] for r in records)
                 bar.set_postfix(success=f"{done}/{len(records)}")
-                bar.update(1)
+                bar.update(len(recs))
     finally:
         for a in actors:
             ray.kill(a)
@@ -196,19 +223,21 @@ def episode_seeds(task: str, split: str, seed: int, episodes: int) -> list[int]:
 def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str = "auto", seed: int = 0,
              workers: int = 0, ray_address: str | None = None, video: bool = False,
              max_steps: int | None = None, split: str = "val", gpus_per_worker: float = 0.0,
-             token_decoding: str | None = None) -> dict:
+             token_decoding: str | None = None, batch_envs: int = 1) -> dict:
     """Evaluate `model` on `episodes` episodes of each subtask; write results.json/results.md into `out`.
 
     `split` is "val" unless you mean to measure on training episodes; `max_steps` shortens the env's
-    horizon (quick checks only: success rates are then not comparable).
+    horizon (quick checks only: success rates are then not comparable); `batch_envs` envs per worker
+    share one batched model call per step (the same episodes up to float rounding: see the module doc).
     """
     out = Path(out)
     subs = _check_inputs(model, task, subtask, episodes, out, mode, workers)
     if max_steps is not None and max_steps <= 0:
         raise SgvlaError(f"--max-steps must be at least 1 (got {max_steps})")
+    _check_batch_envs(model, batch_envs)
     seeds = episode_seeds(task, split, seed, episodes)
     obs_mode, views = _obs_mode_for(model)
-    jobs = [(sub, s) for sub in subs for s in seeds]
+    jobs = [(sub, tuple(seeds[i:i + batch_envs])) for sub in subs for i in range(0, len(seeds), batch_envs)]
     n_workers = min(len(jobs), workers or os.cpu_count() or 1)
 
     if gpus_per_worker < 0:
@@ -222,12 +251,13 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
         records = _run_jobs(jobs, n_workers, args, f"eval {model} on {task}", gpus_per_worker)
     finally:
         session.close()
-    if len(records) != len(jobs):
-        raise SgvlaError(f"evaluation finished {len(records)} of {len(jobs)} episodes: nothing was written")
+    if len(records) != len(subs) * len(seeds):
+        raise SgvlaError(f"evaluation finished {len(records)} of {len(subs) * len(seeds)} episodes: nothing was "
+                         "written")
     records.sort(key=lambda r: (subs.index(r["subtask"]), r["seed"]))
     results = {"model": model, "task": task, "mode": "reference" if is_reference(model) else mode,
                "token_decoding": token_decoding, "split": split, "seed": seed, "seeds": seeds, "views": views,
-               "max_steps": max_steps,
+               "max_steps": max_steps, "batch_envs": batch_envs,
                "episodes": records, "aggregate": aggregate(records)}
     json_path, md_path = write_results(out, results)
     print(markdown_table(results))

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,9 +375,35 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
 
     # -- inference ---------------------------------------------------------------------------
     def _inference_inputs(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor):
+        """Input embeddings of unpadded prompts of one length (B, L)."""
+        return self._prompt_inputs(pixel_values, input_ids)[0]
+
+    def _prompt_inputs(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None):
+        """(embeds, attn, position_ids) of inference prompts; attn and position_ids are None when
+        nothing is padded (the plain causal path, bit-identical to a batch of one).
+
+        Prompts of different lengths come LEFT-padded (`SGVLAProcessor.batch`), so that every row
+        ends at its assistant header, where decoding continues. Each row gets its image tokens after
+        its first real token (as in training) and position ids that count real tokens only, so a
+        padded row is, to the LLM, the sequence it would be alone.
+        """
         images = self.encode_images(pixel_values)
-        embeds, _, _ = self._assemble(input_ids, None, images)
-        return embeds
+        if attention_mask is None or bool(attention_mask.all()):
+            return self._assemble(input_ids, None, images)[0], None, None
+        mask = attention_mask.to(input_ids.device).long()
+        if bool((mask[:, 1:] < mask[:, :-1]).any()):
+            raise SgvlaError("inference prompts must be left-padded (attention_mask 0..0 1..1 per row), as "
+                             "SGVLAProcessor.batch gives them: decoding continues after each row's last token")
+        emb = self.llm.get_input_embeddings()(input_ids)
+        images = images.to(emb.dtype)
+        rows, attn = [], []
+        for e, img, m in zip(emb, images, mask, strict=True):
+            k = int((m == 0).sum()) + 1  # the pads and the first real token come before the images
+            rows.append(torch.cat([e[:k], img, e[k:]]))
+            attn.append(torch.cat([m[:k], m.new_ones(img.shape[0]), m[k:]]))
+        attn_t = torch.stack(attn)
+        return torch.stack(rows), attn_t, (attn_t.cumsum(1) - 1).clamp(min=0)
 
     def _best_action_token(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy choice among the action tokens only: (ids (B,), restricted logits (B, n_bins))."""
@@ -387,12 +413,13 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
 
     @torch.no_grad()
     def decode_action_tokens(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
-                             return_logits: bool = False):
-        """Greedy decoding of the answer's action tokens (B, token_chunk x action_dim) for prompts of
-        equal length (B, L): the prefix runs once and each new token costs one step on the KV cache."""
-        embeds = self._inference_inputs(pixel_values, input_ids)
+                             return_logits: bool = False, attention_mask: torch.Tensor | None = None):
+        """Greedy decoding of the answer's action tokens (B, token_chunk x action_dim) for prompts (B, L),
+        left-padded where `attention_mask` says so: the prefix runs once and each new token costs one
+        step on the KV cache."""
+        embeds, attn, pos = self._prompt_inputs(pixel_values, input_ids, attention_mask)
         embed = self.llm.get_input_embeddings()
-        out = self.llm.model(inputs_embeds=embeds, use_cache=True)
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True)
         ids, logits = [], []
         n = self.config.n_action_tokens
         for i in range(n):
@@ -400,8 +427,11 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
             ids.append(nxt)
             logits.append(lg)
             if i + 1 < n:
-                out = self.llm.model(inputs_embeds=embed(nxt).unsqueeze(1), past_key_values=out.past_key_values,
-                                     use_cache=True)
+                if attn is not None:  # the new token is real and continues its row's positions
+                    attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+                    pos = pos[:, -1:] + 1
+                out = self.llm.model(inputs_embeds=embed(nxt).unsqueeze(1), attention_mask=attn, position_ids=pos,
+                                     past_key_values=out.past_key_values, use_cache=True)
         ids_t = torch.stack(ids, dim=1)
         return (ids_t, torch.stack(logits, dim=1)) if return_logits else ids_t
 
@@ -429,20 +459,32 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
     @torch.no_grad()
     def sample_action_chunk(self, pixel_values: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
                             noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                            steps: int | None = None) -> torch.Tensor:
-        """Flow-expert chunk (B, H, action_dim), normalised: one prefix pass, `flow_steps` Euler steps."""
+                            steps: int | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow-expert chunk (B, H, action_dim), normalised: one prefix pass, `flow_steps` Euler steps.
+        Left-padded prompts (`attention_mask`): the expert ignores the pad keys and continues each
+        row's own positions, so row i's chunk is the one it would get alone from the same noise."""
         if self.expert is None:
             raise SgvlaError("this model has no flow expert (use_flow_expert=False): use mode='tokens'")
-        embeds = self._inference_inputs(pixel_values, input_ids)
-        cache = self.llm.model(inputs_embeds=embeds, use_cache=True).past_key_values
+        embeds, attn, pos = self._prompt_inputs(pixel_values, input_ids, attention_mask)
+        cache = self.llm.model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos,
+                               use_cache=True).past_key_values
         b, p = embeds.shape[:2]
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        plen = torch.full((b,), p, dtype=torch.long, device=embeds.device)
+        plen = torch.full((b,), p, dtype=torch.long, device=embeds.device) if attn is None else attn.sum(1)
         if noise is None:
             noise = torch.randn(b, self.config.chunk_size, self.config.action_dim, generator=generator,
                                 device=embeds.device if generator is None else generator.device)
-        return self.expert.sample(kv, None, plen, self.llm.model.rotary_emb, noise.to(embeds.device),
-                                  steps or self.config.flow_steps)
+        return self.expert.sample(kv, None if attn is None else attn.bool(), plen, self.llm.model.rotary_emb,
+                                  noise.to(embeds.device), steps or self.config.flow_steps)
+
+    def _noise(self, generators: Sequence[torch.Generator | None] | None, b: int, device: torch.device) -> torch.Tensor:
+        """Initial flow noise (b, H, action_dim); row i drawn from `generators[i]` (its episode's, so a
+        row's noise never depends on the other rows of a batch), or all from torch's global RNG."""
+        shape = (self.config.chunk_size, self.config.action_dim)
+        if generators is None:
+            return torch.randn(b, *shape, device=device)
+        return torch.cat([torch.randn(1, *shape, generator=g, device=device if g is None else g.device).to(device)
+                          for g in generators])
 
     def resolve_mode(self, mode: str, subtask: str | None) -> str:
         """'tokens'/'flow' as given; 'auto' looks the subtask up in config.subtask_modes (paper's
@@ -467,38 +509,59 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         `processor` (this model's, e.g. `AutoProcessor.from_pretrained(folder)`) builds the inputs
         and un-normalises the actions, after checking that it belongs to this model's config.
         `token_decoding` ("greedy" / "expected") overrides the config's for tokens mode."""
+        return self.predict_actions([observation], [instruction], subtask, mode, [generator], processor=processor,
+                                    token_decoding=token_decoding)[0]
+
+    @torch.no_grad()
+    def predict_actions(self, observations: Sequence[Mapping[str, Any]], instructions: Sequence[str],
+                        subtask: str | None = None, mode: str = "auto",
+                        generators: Sequence[torch.Generator | None] | None = None, *,
+                        processor: SGVLAProcessor, token_decoding: str | None = None) -> list[ActionPrediction]:
+        """`predict_action` for a batch (one subtask's), in ONE model call: an evaluation stepping
+        several envs queries the model once per step instead of once per env. Prompts of different
+        lengths are left-padded, and in flow mode row i's noise comes from `generators[i]`, so every
+        row gets the actions it would get alone (up to float rounding), whatever else is in the batch."""
         processor.check_model(self.config)
         if processor.action_stats is None:
             raise SgvlaError("the model has no action_stats, so actions cannot be un-normalised: set "
                              "config.action_stats to the dataset's meta/stats.json 'action' entry")
+        if generators is not None and len(generators) != len(observations):
+            raise SgvlaError(f"predict_actions got {len(generators)} generators for {len(observations)} "
+                             "observations: give one per observation (or none)")
         chosen = self.resolve_mode(mode, subtask)
         device = self.llm.lm_head.weight.device
-        inputs = processor(observation, instruction)
+        inputs = processor.batch(observations, instructions)
         pixels = {k: v.to(device) for k, v in inputs["pixel_values"].items()}
-        ids = inputs["input_ids"].to(device)
+        ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
         if chosen == "tokens":
-            norm = self._token_actions(pixels, ids, token_decoding or self.config.token_decoding)
+            norm = self._token_actions(pixels, ids, mask, token_decoding or self.config.token_decoding)
             n_exec = self.config.token_chunk
         else:
-            norm = self.sample_action_chunk(pixels, ids, generator=generator)[0].cpu().clamp(-1.0, 1.0)
+            noise = self._noise(generators, len(observations), device)
+            norm = self.sample_action_chunk(pixels, ids, noise=noise, attention_mask=mask).cpu().clamp(-1.0, 1.0)
             n_exec = self.config.execute_steps
+        return [self._prediction(processor, row, n_exec, chosen) for row in norm]
+
+    @staticmethod
+    def _prediction(processor: SGVLAProcessor, norm: torch.Tensor, n_exec: int, mode: str) -> ActionPrediction:
         chunk = processor.unnormalize(norm)
         return ActionPrediction(action=chunk[0], chunk=chunk, execute=chunk[:n_exec],
-                                normalized_chunk=norm.numpy(), mode=chosen)
+                                normalized_chunk=norm.numpy(), mode=mode)
 
-    def _token_actions(self, pixels: Mapping[str, torch.Tensor], ids: torch.Tensor, decoding: str) -> torch.Tensor:
-        """Normalised actions (token_chunk, action_dim) of one prompt, decoded greedily or as each
-        dimension's expected bin centre (the greedy token conditions the next in both)."""
+    def _token_actions(self, pixels: Mapping[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor | None,
+                       decoding: str) -> torch.Tensor:
+        """Normalised actions (B, token_chunk, action_dim) of left-padded prompts, decoded greedily or
+        as each dimension's expected bin centre (the greedy token conditions the next in both)."""
         if decoding not in TOKEN_DECODINGS:
             raise SgvlaError(f"token_decoding {decoding!r}: use one of {', '.join(TOKEN_DECODINGS)}")
-        tok_ids, logits = self.decode_action_tokens(pixels, ids, return_logits=True)
+        tok_ids, logits = self.decode_action_tokens(pixels, ids, return_logits=True, attention_mask=mask)
         if decoding == "greedy":
-            norm = self.action_tokenizer.decode(tok_ids.cpu()[0])
+            norm = self.action_tokenizer.decode(tok_ids.cpu())
         else:
             tok = self.action_tokenizer
             centres = tok.decode(torch.arange(tok.begin, tok.end))
-            norm = logits[0].cpu().float().softmax(-1) @ centres
-        return norm.reshape(self.config.token_chunk, -1)
+            norm = logits.cpu().float().softmax(-1) @ centres
+        return norm.reshape(ids.shape[0], self.config.token_chunk, -1)
 
     # -- persistence -------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:

@@ -308,6 +308,20 @@ class SGVLAProcessor(ProcessorMixin):
         pixels = {k: v.unsqueeze(0) for k, v in self.observation_pixels(observation).items()}
         return {"pixel_values": pixels, "input_ids": torch.tensor([self.prompt_ids(instruction)])}
 
+    def batch(self, observations: Sequence[Mapping[str, Any]], instructions: Sequence[str]) -> dict[str, Any]:
+        """Several raw observations, one instruction each -> inference inputs of a batch:
+        {"pixel_values": {"unit": (B, V, 3, H, W)}, "input_ids": (B, L), "attention_mask": (B, L)}.
+        Prompts are LEFT-padded (unlike `collate`'s training batches): every row then ends at its
+        assistant header, where the model appends the answer tokens of all rows at once."""
+        if not observations or len(observations) != len(instructions):
+            raise SgvlaError(f"batch() needs one instruction per observation (got {len(observations)} observations "
+                             f"and {len(instructions)} instructions)")
+        ids = [self.prompt_ids(text) for text in instructions]
+        width = max(map(len, ids))
+        return {"pixel_values": {"unit": torch.stack([self.observation_pixels(o)["unit"] for o in observations])},
+                "input_ids": torch.tensor([[self.pad_id] * (width - len(r)) + r for r in ids]),
+                "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])}
+
     # -- actions -----------------------------------------------------------------------------
     def unnormalize(self, normalized: torch.Tensor | np.ndarray) -> np.ndarray:
         """The model's actions in [-1, 1] (..., action_dim) -> env actions, float32 (q01/q99 of the
