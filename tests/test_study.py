@@ -59,6 +59,17 @@ def test_rows_with_one_training_share_the_run(tmp_path):
     assert keys[0] == keys[1] != keys[2]
 
 
+def test_pending_cells_run_seed_by_seed(tmp_path):
+    """An interrupted study should hold every row of its first seeds, not every seed of its first rows."""
+    from sgvla.study.run import pending_groups
+
+    study = load_study(_study(tmp_path, [{"name": "a", "config": str(TINY)},
+                                         {"name": "b", "config": str(TINY), "set": ["optim.lr=0.1"]}],
+                              seeds=(3, 1)), dataset=str(tmp_path))
+    order = [(c.row.name, c.seed) for cells in pending_groups(study, tmp_path / "out", False).values() for c in cells]
+    assert order == [("a", 3), ("b", 3), ("a", 1), ("b", 1)]
+
+
 @pytest.mark.slow
 def test_study_runs_resumes_and_records_a_failed_cell(tmp_path):
     from sgvla.dataset.synthetic import write_synthetic_dataset

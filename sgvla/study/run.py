@@ -119,9 +119,10 @@ def _check_plan(out: Path, study: Study) -> None:
 
 
 def pending_groups(study: Study, out: Path, retry_failed: bool) -> dict[str, list[Cell]]:
-    """Run folder -> the cells still to do that use it."""
+    """Run folder -> the cells still to do that use it, seed by seed (every row of the first seed,
+    then of the next): a study stopped part-way holds whole comparisons, not one row's seeds."""
     groups: dict[str, list[Cell]] = {}
-    for cell in study.cells:
+    for cell in sorted(study.cells, key=lambda c: study.seeds.index(c.seed)):  # stable: rows keep their order
         st = cell_status(out, cell)
         if st is None or (retry_failed and st.get("status") == "failed"):
             groups.setdefault(str(cell.run_dir(out)), []).append(cell)
