@@ -59,6 +59,23 @@ def test_rows_with_one_training_share_the_run(tmp_path):
     assert keys[0] == keys[1] != keys[2]
 
 
+def test_report_shows_the_effect_rate_beside_success(tmp_path):
+    """Where success is rare, the subtask's effect reached at some step is what tells rows apart."""
+    from sgvla.study.report import markdown, summarize
+
+    study = load_study(_study(tmp_path, [{"name": "a", "config": str(TINY)}], seeds=(0, 1)), dataset=str(tmp_path))
+
+    def cell(seed, successes, effect):
+        per = {"close": {"successes": successes, "episodes": 20, "success_rate": successes / 20,
+                         "wilson95": [0.0, 0.3], "effect_rate": effect}}
+        return {"row": "a", "seed": seed, "status": "done", "per_subtask": per, "average": successes / 20}
+
+    rows = summarize(study, [cell(0, 0, 0.25), cell(1, 2, 0.45)])
+    assert rows[0]["effect"]["close"]["mean"] == pytest.approx(0.35) and rows[0]["effect"]["close"]["n_seeds"] == 2
+    md = markdown(study, rows, [cell(0, 0, 0.25), cell(1, 2, 0.45)], "sgvla study x")
+    assert "effect reached" in md and "| a | 0.35 [" in md and "| a | 0.05 [" in md
+
+
 def test_pending_cells_run_seed_by_seed(tmp_path):
     """An interrupted study should hold every row of its first seeds, not every seed of its first rows."""
     from sgvla.study.run import pending_groups

@@ -46,8 +46,8 @@ def collect(study: Study, out: Path) -> list[dict]:
         if st["status"] == "done":
             res = read_json(cell.eval_dir(out) / "results.json", "delete it: the cell's evaluation is then run again")
             per = res["aggregate"]["per_subtask"]
-            rec["per_subtask"] = {s: {k: per[s][k] for k in ("successes", "episodes", "success_rate", "wilson95")}
-                                  for s in per}
+            rec["per_subtask"] = {s: {k: per[s][k] for k in ("successes", "episodes", "success_rate", "wilson95",
+                                                          "effect_rate") if k in per[s]} for s in per}
             rec["average"] = res["aggregate"]["average_success_rate"]
             rec["seeds"] = res["seeds"]
             rec["episodes"] = res["episodes"]
@@ -61,12 +61,15 @@ def summarize(study: Study, cells: list[dict]) -> list[dict]:
     for row in study.rows:
         mine = [c for c in cells if c["row"] == row.name and c["status"] == "done"]
         subtasks = sorted({s for c in mine for s in c["per_subtask"]}, key=_order)
-        cols = {}
+        cols, effect = {}, {}
         for s in subtasks:
             vals = [c["per_subtask"][s]["success_rate"] for c in mine if s in c["per_subtask"]]
             cols[s] = {"mean": statistics.fmean(vals), "ci95": seed_interval(vals), "n_seeds": len(vals)}
+            eff = [c["per_subtask"][s]["effect_rate"] for c in mine if "effect_rate" in c["per_subtask"].get(s, {})]
+            if eff:
+                effect[s] = {"mean": statistics.fmean(eff), "ci95": seed_interval(eff), "n_seeds": len(eff)}
         avgs = [c["average"] for c in mine]
-        rows.append({"row": row.name, "mode": row.mode, "seeds_done": len(mine), "subtasks": cols,
+        rows.append({"row": row.name, "mode": row.mode, "seeds_done": len(mine), "subtasks": cols, "effect": effect,
                      "average": {"mean": statistics.fmean(avgs), "ci95": seed_interval(avgs),
                                  "n_seeds": len(avgs)} if avgs else None})
     return rows
@@ -97,6 +100,13 @@ def markdown(study: Study, rows: list[dict], cells: list[dict], command: str) ->
     for r in rows:
         lines.append(f"| {r['row']} | " + " | ".join(_mean_cell(r["subtasks"].get(s)) for s in subtasks)
                      + f" | {_mean_cell(r['average'])} |")
+    effect_cols = [s for s in subtasks if any(s in r.get("effect", {}) for r in rows)]
+    if effect_cols:  # partial progress: tells rows apart where success is rare (small models, short runs)
+        lines += ["", "Subtask effect reached at some step (back at rest or not), mean over seeds [95% t-interval]:",
+                  "", "| Row | " + " | ".join(s.capitalize() for s in effect_cols) + " |",
+                  "|" + "---|" * (len(effect_cols) + 1)]
+        lines += [f"| {r['row']} | " + " | ".join(_mean_cell(r.get("effect", {}).get(s)) for s in effect_cols) + " |"
+                  for r in rows]
     lines += ["", "## Every cell, 95% Wilson interval over its episodes", "",
               "| Row | Seed | " + " | ".join(s.capitalize() for s in subtasks) + " | Avg. |",
               "|" + "---|" * (len(subtasks) + 3)]
