@@ -156,8 +156,9 @@ def plot(rows: list[dict], cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(study: Study, out: Path) -> dict:
-    """study.json (every cell and episode), results.md and study.png, each written atomically."""
+def write_report(study: Study, out: Path, echo: bool = True) -> dict:
+    """study.json (every cell and episode), results.md and study.png, each written atomically;
+    `echo` prints the tables (the final report does, the ones written after each cell do not)."""
     cells = collect(study, out)
     rows = summarize(study, cells)
     command = " ".join(["sgvla", "study", *sys.argv[2:]]) if sys.argv[1:2] == ["study"] else f"sgvla study {study.path}"
@@ -169,6 +170,8 @@ def write_report(study: Study, out: Path) -> dict:
     write_text_atomic(out / "results.md", md)
     if any(r["seeds_done"] for r in rows):
         plot(rows, cells, out / "study.png")
+    if not echo:
+        return report
     print(md)
     failed = [c for c in cells if c["status"] == "failed"]
     if failed:

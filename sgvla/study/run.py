@@ -156,6 +156,8 @@ def _run_groups(study: Study, out: Path, groups: dict[str, list[Cell]], parallel
                 ray_address: str | None) -> None:
     import ray
 
+    from sgvla.study.report import write_report
+
     session = RaySession(ray_address, num_cpus=os.cpu_count() or 1).start()
     try:
         address = ray.get_runtime_context().gcs_address
@@ -179,6 +181,7 @@ def _run_groups(study: Study, out: Path, groups: dict[str, list[Cell]], parallel
                     _record(out, cell, o)
                     bar.update(1)
                     bar.set_postfix_str(f"{cell.row.name} seed {cell.seed}: {o['status']}")
+                write_report(study, out, echo=False)  # the tables so far, in case the study is stopped
     finally:
         session.close()
 
