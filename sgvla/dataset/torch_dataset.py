@@ -2,14 +2,14 @@
 
 One sample is the observation at step t of an episode plus its targets:
 
-* ``pixel_values``: {"unit": float16 [V, 3, H, W]} in [0, 1] at the stored resolution (128 px),
-  V = (history + 1) * len(views), frame-major: all views of frame t-history, ..., all views of
-  frame t, views in the order given (any of "head_rgb", "hand_rgb", "head_depth", "hand_depth").
-  History frames before the episode start repeat its first frame. The values are those of
-  `sgvla.transforms.frames_to_unit16`, which the processor runs on evaluation observations too
-  (depth via Eq. 1 from the 16-bit millimetres, 3 channels, never through 8-bit PIL); the model
-  resizes and normalises them for its towers on its own device (`transforms.unit_to_towers`), so
-  DataLoader workers ship 128 px half floats, not two float32 copies at the model's resolution.
+* ``pixel_values``: {view: raw frames} for each of the views given (any of "head_rgb",
+  "hand_rgb", "head_depth", "hand_depth"): uint8 [T, H, W, 3] for RGB, uint16 [T, H, W]
+  millimetres for depth, at the stored resolution (128 px), T = history + 1 frames oldest first
+  (t-history, ..., t); history frames before the episode start repeat its first frame. These are
+  the decoded PNGs as stored (`sgvla.transforms.raw_frames`, which the processor runs on
+  evaluation observations too): the model turns them into unit images (RGB / 255, Eq. 1 depth),
+  resizes and normalises them on its own device (`transforms.raw_to_towers`), so DataLoader
+  workers ship the fewest bytes a frame has (depth one 16-bit plane, never through 8-bit PIL).
 * ``instruction``, ``subtask``, ``task``: strings.
 * ``action``: float32[13], q01/q99-normalised to [-1, 1] with meta/stats.json;
   ``action_chunk``: float32[H, 13] = actions t..t+H-1, normalised, past the episode end repeating
@@ -53,7 +53,7 @@ from sgvla.dataset.schema import (
 )
 from sgvla.dataset.stats import load_stats, require_action_stats
 from sgvla.errors import SgvlaError
-from sgvla.transforms import frames_to_unit16, normalize_action
+from sgvla.transforms import normalize_action, raw_frames
 from sgvla.vocab import AUX_LABEL_SUBTASKS, VIEWS
 
 MASK_SIZE = IMAGE_SIZE
@@ -135,7 +135,7 @@ class SampleBuilder:
         aux = {k: torch.as_tensor(np.asarray(v, np.float32)) if valid[k] else torch.zeros(np.shape(v))
                for k, v in aux.items()}
         return {
-            "pixel_values": {"unit": frames_to_unit16(frames, spec.views)},
+            "pixel_values": raw_frames(frames, spec.views),
             "instruction": text["instruction"], "subtask": text["subtask"], "task": text["task"],
             "action": torch.from_numpy(actions[0].copy()),
             "action_chunk": torch.from_numpy(actions),
@@ -143,23 +143,6 @@ class SampleBuilder:
             "aux": aux,
             "aux_valid": {k: torch.tensor(v) for k, v in valid.items()},
         }
-
-
-_TUNED_PID: int | None = None
-
-
-def tune_worker_process() -> None:
-    """One OpenCV thread per DataLoader worker process (as torch uses one per worker): the workers
-    already run in parallel, and OpenCV's own pool would oversubscribe the cores. Once per process."""
-    import os
-
-    global _TUNED_PID
-    if _TUNED_PID == os.getpid():
-        return
-    _TUNED_PID = os.getpid()
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 # ---------------------------------------------------------------- sources
@@ -291,8 +274,6 @@ class SgvlaTorchDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        if torch.utils.data.get_worker_info() is not None:
-            tune_worker_process()
         text = {"instruction": str(self._instruction[i]), "subtask": str(self._subtask[i]),
                 "task": str(self._task[i])}
         return self.builder.build(self.vec, text, int(i), int(self.start[i]), int(self.end[i]), self._fetch)
@@ -399,8 +380,6 @@ class SgvlaStreamingDataset(IterableDataset):
             yield self.builder.build(vec, text_t, t, 0, len(rows), fetch)
 
     def __iter__(self) -> Iterator[dict]:
-        if torch.utils.data.get_worker_info() is not None:
-            tune_worker_process()
         rng = np.random.default_rng([self.seed, self.epoch])
         buf: list[dict] = []
         for rows in self._episodes():
@@ -416,4 +395,4 @@ class SgvlaStreamingDataset(IterableDataset):
 
 
 __all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader",
-           "aux_validity", "tune_worker_process"]
+           "aux_validity"]
