@@ -74,8 +74,8 @@ def sample(config: SGVLAConfig, i: int) -> dict:
         "aux": {"global_pos": g.normal(size=2).astype(np.float32), "grasp": np.float32(1),
                 "obj_pose": np.concatenate([g.normal(size=3), quat / np.linalg.norm(quat)]).astype(np.float32),
                 "qpos": g.normal(size=12).astype(np.float32),
-                "head_mask": (g.random((128, 128)) > 0.8).astype(np.float32),
-                "hand_mask": (g.random((128, 128)) > 0.8).astype(np.float32)},
+                "head_mask": g.random((128, 128)) > 0.8,
+                "hand_mask": g.random((128, 128)) > 0.8},
         "aux_valid": {k: True for k in ("global_pos", "grasp", "obj_pose", "qpos", "head_mask", "hand_mask")},
     }
 

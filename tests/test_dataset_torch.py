@@ -61,9 +61,8 @@ def test_sample_format_shapes_dtypes_and_ranges(root, cache):
     shapes = {"global_pos": (2,), "grasp": (), "obj_pose": (7,), "qpos": (12,), "head_mask": (128, 128),
               "hand_mask": (128, 128)}
     assert {k: tuple(v.shape) for k, v in s["aux"].items()} == shapes
-    assert all(v.dtype == torch.float32 for v in s["aux"].values())
+    assert all(v.dtype == (torch.bool if k.endswith("_mask") else torch.float32) for k, v in s["aux"].items())
     assert set(s["aux_valid"]) == set(shapes) and all(v.dtype == torch.bool for v in s["aux_valid"].values())
-    assert set(torch.unique(s["aux"]["head_mask"]).tolist()) <= {0.0, 1.0}
 
 
 def test_history_is_frame_major_and_clamps_at_the_episode_start(root, cache):
@@ -146,11 +145,12 @@ def test_a_nan_qpos_is_an_invalid_zeroed_target(rows):
     def fetch(fields, idx):
         return {f: [rows[f][i] for i in idx] for f in fields}
 
-    bad = builder.build(vec, text, 1, 0, n, fetch)
+    targets = builder.targets(vec, np.full(n, "pick"))
+    bad = builder.build(targets, text, 1, 0, n, fetch)
     assert not bad["aux_valid"]["qpos"]
     assert bad["aux"]["qpos"].shape == (12,) and torch.count_nonzero(bad["aux"]["qpos"]) == 0
     assert bad["aux_valid"]["global_pos"] and bad["aux_valid"]["obj_pose"]  # only qpos is affected
-    good = builder.build(vec, text, 0, 0, n, fetch)
+    good = builder.build(targets, text, 0, 0, n, fetch)
     assert good["aux_valid"]["qpos"] and torch.equal(good["aux"]["qpos"], torch.ones(12))
 
 

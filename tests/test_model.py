@@ -265,6 +265,17 @@ def test_invalid_aux_targets_have_zero_weight():
             assert all(p.grad is None or not p.grad.any() for p in model.aux.heads[name].parameters())
 
 
+def test_bool_masks_of_the_data_pipeline_give_the_loss_of_their_float_values():
+    """The data pipeline ships masks raw (bool); the processor keeps them bool and the loss reads them as 0/1."""
+    model, names = tiny(views=["head_rgb", "hand_rgb"]), ("head_mask", "hand_mask")
+    samples = [make_sample(model.config, i) for i in range(2)]
+    as_bool = [{**s, "aux": {**s["aux"], **{k: s["aux"][k] > 0.5 for k in names}}} for s in samples]
+    want = model(**proc(model).collate(samples), compute=["mask"]).losses["mask"]
+    batch = proc(model).collate(as_bool)
+    assert all(batch["aux"][k].dtype == torch.bool for k in names)
+    assert torch.equal(model(**batch, compute=["mask"]).losses["mask"], want)
+
+
 def test_padded_chunk_steps_do_not_count_in_the_flow_loss():
     model = tiny(views=["head_rgb"], aux_decoders=[])
     batch = make_batch(model, 2)

@@ -205,8 +205,8 @@ class SGVLAProcessor(ProcessorMixin):
         """Dataset samples -> a batch dict that `model(**batch)` accepts (right padding).
 
         Sample keys: pixel_values {view: raw frames (T, H, W[, 3])}, instruction, action (13,)
-        normalised; optional action_chunk (H, 13) + action_chunk_pad (H,) bool, aux {key: target} +
-        aux_valid {key: bool} (keys of AUX_TARGETS), subtask. Batch keys: input_ids, attention_mask,
+        normalised; optional action_chunk (H, 13) + action_chunk_pad (H,) bool, aux {key: target, bool
+        or float} + aux_valid {key: bool} (keys of AUX_TARGETS), subtask. Batch keys: input_ids, attention_mask,
         labels (B, L); pixel_values {view: (B, T, H, W[, 3])}; action (B, 13); action_chunk (B, H, 13);
         action_chunk_pad (B, H); aux {key: (B, ...)}; aux_valid {key: (B,) bool}; subtask list.
         """
@@ -258,7 +258,7 @@ class SGVLAProcessor(ProcessorMixin):
                 cols[("action_chunk_pad",)] = [torch.as_tensor(s["action_chunk_pad"]).bool() for s in samples]
         if "aux" in samples[0]:
             for k in (k for k in AUX_TARGETS if k in samples[0]["aux"]):
-                cols[("aux", k)] = [_float_tensor(s["aux"][k]) for s in samples]
+                cols[("aux", k)] = [_aux_tensor(s["aux"][k]) for s in samples]
                 cols[("aux_valid", k)] = [torch.tensor(bool(np.asarray(s.get("aux_valid", {}).get(k, True))))
                                           for s in samples]
         return cols
@@ -382,3 +382,10 @@ def _checked(array: Any, view: str) -> Any:
 
 def _float_tensor(x: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
+
+
+def _aux_tensor(x: Any) -> torch.Tensor:
+    """Boolean targets (the data pipeline's masks) stay bool, a quarter of float32's bytes out of
+    DataLoader workers (the loss takes them as floats); any other target becomes float32."""
+    t = torch.as_tensor(x)
+    return t if t.dtype == torch.bool else _float_tensor(x)
