@@ -278,6 +278,9 @@ def test_raw_frames_are_stored_values_and_unit_images_follow_their_float_definit
     assert unit.dtype == torch.float32 and unit.shape == (1, 4, 3, 16, 16)  # frame-major: rgb, depth, rgb, depth
     assert torch.equal(unit[0, 2], torch.from_numpy(rgb).movedim(-1, 0).float() / 255)
     assert torch.equal(unit[0, 3], depth_to_unit(stored).expand(3, -1, -1))
+    frame = {"head_rgb": rgb, "hand_depth": mm}
+    assert not np.shares_memory(raw_frames([frame], views)["head_rgb"].numpy(), rgb)  # the caller keeps its arrays
+    assert np.shares_memory(raw_frames([frame], views, copy=False)["head_rgb"].numpy(), rgb)  # given away
     with pytest.raises(SgvlaError, match="one resolution"):
         raw_frames([{"head_rgb": rgb, "hand_depth": mm[:8]}], views)
     with pytest.raises(SgvlaError, match="uint8"):

@@ -147,7 +147,7 @@ class SampleBuilder:
             aux[m] = torch.from_numpy(mask if valid[m] else np.zeros_like(mask))
         actions = targets["action"][chunk]
         return {
-            "pixel_values": raw_frames([decoded[r] for r in hist], spec.views),
+            "pixel_values": raw_frames([decoded[r] for r in hist], spec.views, copy=False),
             "instruction": text["instruction"], "subtask": text["subtask"], "task": text["task"],
             "action": torch.from_numpy(actions[0].copy()),
             "action_chunk": torch.from_numpy(actions),
