@@ -404,6 +404,19 @@ def test_predict_action_modes_and_unnormalisation():
         model.predict_action(obs, "pick up the bowl", mode="tokens", processor=processor)
 
 
+def test_pixels_in_another_format_are_a_clear_error():
+    model = tiny(views=["head_rgb", "hand_depth"], history=1)
+    px = make_batch(model, 1)["pixel_values"]
+    for bad in ({"unit": torch.rand(1, 4, 3, 56, 56)},  # the half-float unit images of earlier versions
+                {**px, "hand_depth": px["hand_depth"].int()},  # depth widened from uint16
+                {**px, "head_rgb": px["head_rgb"][:, :1]},  # one frame short of the history
+                {"head_rgb": px["head_rgb"]}):  # a view missing
+        with pytest.raises(SgvlaError, match="raw frames"):
+            model.encode_images(bad)
+    with pytest.raises(SgvlaError, match="raw frames"):  # samples built for another model's views
+        proc(model).collate([make_sample(tiny(views=["head_rgb"], history=1).config, 0)])
+
+
 def test_history_frames_are_oldest_first():
     model = tiny(views=["head_rgb"], history=2)
     obs = observation(0)

@@ -205,10 +205,11 @@ class SGVLAProcessor(ProcessorMixin):
         """Dataset samples -> a batch dict that `model(**batch)` accepts (right padding).
 
         Sample keys: pixel_values {view: raw frames (T, H, W[, 3])}, instruction, action (13,)
-        normalised; optional action_chunk (H, 13) + action_chunk_pad (H,) bool, aux {key: target, bool
-        or float} + aux_valid {key: bool} (keys of AUX_TARGETS), subtask. Batch keys: input_ids, attention_mask,
-        labels (B, L); pixel_values {view: (B, T, H, W[, 3])}; action (B, 13); action_chunk (B, H, 13);
-        action_chunk_pad (B, H); aux {key: (B, ...)}; aux_valid {key: (B,) bool}; subtask list.
+        normalised; optional action_chunk (H, 13) + action_chunk_pad (H,) bool, aux {key: target,
+        bool or float} + aux_valid {key: bool} (keys of AUX_TARGETS), subtask. Batch keys:
+        input_ids, attention_mask, labels (B, L); pixel_values {view: (B, T, H, W[, 3])}; action
+        (B, 13); action_chunk (B, H, 13); action_chunk_pad (B, H); aux {key: (B, ...)}; aux_valid
+        {key: (B,) bool}; subtask list.
         """
         if not samples:
             raise SgvlaError("collate() got an empty list of samples")
