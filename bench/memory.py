@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor  # noqa: E402
 from sgvla.train.config import load_config  # noqa: E402
 from sgvla.train.modelops import enable_gradient_checkpointing  # noqa: E402
+from sgvla.transforms import raw_frames  # noqa: E402
+from sgvla.vocab import view_kind  # noqa: E402
 
 PARTS = ("dino", "siglip", "llm", "rest")
 FULL_BLOCKS = {"dino": 23, "siglip": 26, "llm": 24}  # blocks run: each tower one short (vision.py)
@@ -52,12 +54,18 @@ def reduced(overrides: dict, blocks: int) -> SGVLAConfig:
     return SGVLAConfig.from_preset("sgvla-1.3b", **overrides, **layers, action_stats=STATS)
 
 
+def random_frame(views, g: np.random.Generator, size: int = 128) -> dict[str, np.ndarray]:
+    """Raw frames as the dataset stores them (128 px; the model resizes on its device)."""
+    return {v: g.integers(0, 256, (size, size, 3), dtype=np.uint8) if view_kind(v) == "rgb"
+            else g.integers(0, 5000, (size, size), dtype=np.uint16) for v in views}
+
+
 def sample(config: SGVLAConfig, i: int) -> dict:
     g = np.random.default_rng(i)
-    s, h = config.image_size, config.chunk_size
+    h = config.chunk_size
     quat = g.normal(size=4)
     return {
-        "pixel_values": {"unit": torch.from_numpy(g.random((config.n_images, 3, s, s), dtype=np.float32))},
+        "pixel_values": raw_frames([random_frame(config.views, g)] * (config.history + 1), config.views),
         "instruction": "pick up the red bowl from the kitchen counter",
         "subtask": "pick",
         "action": g.uniform(-1, 1, 13).astype(np.float32),
@@ -66,8 +74,8 @@ def sample(config: SGVLAConfig, i: int) -> dict:
         "aux": {"global_pos": g.normal(size=2).astype(np.float32), "grasp": np.float32(1),
                 "obj_pose": np.concatenate([g.normal(size=3), quat / np.linalg.norm(quat)]).astype(np.float32),
                 "qpos": g.normal(size=12).astype(np.float32),
-                "head_mask": (g.random((128, 128)) > 0.8).astype(np.float32),
-                "hand_mask": (g.random((128, 128)) > 0.8).astype(np.float32)},
+                "head_mask": g.random((128, 128)) > 0.8,
+                "hand_mask": g.random((128, 128)) > 0.8},
         "aux_valid": {k: True for k in ("global_pos", "grasp", "obj_pose", "qpos", "head_mask", "hand_mask")},
     }
 

@@ -93,6 +93,8 @@ def ray_run(args, dataset: Path, workers: int, out: Path) -> float:
 def full_size(args) -> None:
     """bf16 samples/s and peak memory of the full-size model on one GPU (random init)."""
     from sgvla.model import SGVLAConfig, SGVLAForActionPrediction, SGVLAProcessor
+    from sgvla.transforms import raw_frames
+    from sgvla.vocab import view_kind
 
     dev = torch.device("cuda")
     cfg = SGVLAConfig.from_preset("sgvla-1.3b", aux_decoders=["grasp", "qpos", "global_pos"],
@@ -100,10 +102,12 @@ def full_size(args) -> None:
     model = SGVLAForActionPrediction(cfg).to(dev)
     model.configure_stage(2)
     opt = torch.optim.Adam(model.parameters(), lr=2e-5)
-    b, v, s = 32, cfg.n_images, cfg.image_size
+    b = 32
     proc = SGVLAProcessor.from_config(cfg)
+    frame = {v: torch.randint(0, 256, (128, 128, 3), dtype=torch.uint8) if view_kind(v) == "rgb"
+             else torch.randint(0, 5000, (128, 128)) for v in cfg.views}  # raw, as stored: 128 px
     samples = [{"instruction": "pick up the red bowl", "action": torch.rand(13) * 2 - 1,
-                "pixel_values": {"unit": torch.rand(v, 3, s, s)},
+                "pixel_values": raw_frames([frame] * (cfg.history + 1), cfg.views),
                 "aux": {"grasp": torch.tensor(1.0), "qpos": torch.randn(12), "global_pos": torch.randn(2)},
                 "aux_valid": {"grasp": True, "qpos": True, "global_pos": True}} for _ in range(b)]
     batch = {k: (v.to(dev) if torch.is_tensor(v) else {kk: vv.to(dev) for kk, vv in v.items()}

@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sgvla.batching import collate
 from sgvla.dataset.torch_dataset import SgvlaTorchDataset
+from sgvla.transforms import raw_to_unit
 
 VIEWS = ["head_rgb", "hand_rgb", "head_depth", "hand_depth"]
 
@@ -86,8 +88,9 @@ def cnn(args) -> None:
     rng, accs, t0 = np.random.default_rng(args.seed), [], time.perf_counter()
     for step in range(1, args.steps + 1):
         samples = [ds[int(i)] for i in rng.choice(len(ds), 16)]
-        x = torch.stack([F.interpolate(s["pixel_values"]["unit"].float(), size=(args.size, args.size),
-                                       mode="bilinear", antialias=True).flatten(0, 1) for s in samples])
+        unit = raw_to_unit(collate([s["pixel_values"] for s in samples]), VIEWS)  # (16, V, 3, H, W)
+        x = F.interpolate(unit.flatten(0, 1), size=(args.size, args.size), mode="bilinear",
+                          antialias=True).reshape(len(samples), -1, args.size, args.size)
         y = ((torch.stack([torch.as_tensor(np.asarray(s["action"])) for s in samples]) + 1) / 2 * args.bins)
         y = y.long().clamp(0, args.bins - 1)  # the same uniform bins on [-1, 1] as the action tokenizer
         logits = net(x, torch.tensor([ids[s["instruction"]] for s in samples]))

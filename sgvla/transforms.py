@@ -1,10 +1,12 @@
 """Observation and action transforms shared by training (dataset pipeline) and evaluation.
 
 Kept in one place so that closed-loop evaluation feeds the model exactly what training did. The
-pixel path has two halves: `frames_to_unit16` turns raw frames into float16 unit images (the data
-pipeline and the processor both call it), and `unit_to_towers` turns unit images into the towers'
-inputs (only the model calls it, on its own device, as LeRobot's pi0 does). Images are resized in
-torch (bicubic on float), never through 8-bit PIL, which would quantise the depth encoding.
+pixel path has two halves. `raw_frames` stacks raw frames as the dataset stores them (uint8 RGB,
+uint16 millimetres of depth, one plane): the data pipeline and the processor both call it, so
+DataLoader workers ship the decoded bytes and nothing more. `raw_to_towers` turns those into the
+towers' inputs (RGB / 255 or Eq. 1 depth, bicubic resize, normalisation): only the model calls it,
+on its own device, as LeRobot's pi0 does. Images are resized in torch (bicubic on float32), never
+through 8-bit PIL, which would quantise the depth encoding.
 """
 
 from __future__ import annotations
@@ -30,56 +32,75 @@ def depth_to_unit(depth_mm: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.tanh(depth_mm.float() / 1000.0)
 
 
-#: Eq. 1 and the RGB scaling as float16 lookup tables: one gather per view replaces the float32
-#: arithmetic (and tanh) plus the conversion, the bulk of a training sample's work after PNG decoding.
-_RGB_UNIT16 = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float16)
-_DEPTH_UNIT16 = depth_to_unit(torch.arange(65536)).numpy().astype(np.float16)
+def raw_frames(frames: Sequence[Mapping[str, Any]], views: Sequence[str], *,
+               copy: bool = True) -> dict[str, torch.Tensor]:
+    """Raw frames (oldest first) -> {view: uint8 (T, H, W, 3) for *_rgb, uint16 (T, H, W) for *_depth}.
 
-
-def frames_to_unit16(frames: Sequence[Mapping[str, Any]], views: Sequence[str]) -> torch.Tensor:
-    """Raw frames (oldest first) -> float16 [len(frames) * len(views), 3, H, W] in [0, 1], frame-major.
-
-    `frame[view]`: uint8 (H, W, 3) for *_rgb, millimetres (H, W) or (H, W, 1) for *_depth (Eq. 1,
-    replicated to 3 channels). float16 keeps 11 significant bits, so Eq. 1 depth stays ~8x finer
-    than an 8-bit image, at half the bytes of float32 out of DataLoader workers. No resize: the
-    model resizes on its device, so every view must have the same resolution.
+    `frame[view]`: uint8 (H, W, 3) RGB; depth in millimetres (H, W) or (H, W, 1), any int/float
+    dtype, clipped to uint16 as the dataset writer stores it (`depth_mm_u16`). No conversion: the
+    model turns these into unit images on its device (`raw_to_unit`), so every view must have the
+    same resolution (the model resizes them together). `copy=False`: the caller gives its arrays
+    away (the data pipeline's freshly decoded PNGs), so a single frame becomes the tensors' memory
+    without a copy (a copy of every view cost the pipeline ~4% of its samples/s).
     """
-    first = _numpy(frames[0][views[0]])
-    out = np.empty((len(frames) * len(views), 3, *first.shape[:2]), dtype=np.float16)
-    for k, (frame, view) in enumerate((f, v) for f in frames for v in views):
-        a = _numpy(frame[view])
-        if a.shape[:2] != out.shape[2:]:
-            raise SgvlaError(f"view {view!r} is {a.shape[:2]} but {views[0]!r} is {out.shape[2:]}: give every view "
-                             "at one resolution (the model resizes them together)")
-        (_rgb_unit16 if view_kind(view) == "rgb" else _depth_unit16)(a, out[k])
-    return torch.from_numpy(out)
+    out = {v: torch.from_numpy(_stack([_raw_view(f[v], v) for f in frames], copy)) for v in views}
+    size = out[views[0]].shape[1:3]
+    for v, x in out.items():
+        if x.shape[1:3] != size:
+            raise SgvlaError(f"view {v!r} is {tuple(x.shape[1:3])} but {views[0]!r} is {tuple(size)}: give every "
+                             "view at one resolution (the model resizes them together)")
+    return out
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+def check_raw(pixels: Mapping[str, torch.Tensor], views: Sequence[str], frames: int) -> None:
+    """A batch of `raw_frames` holds exactly these views, `frames` of each, in their raw dtypes."""
+    def fits(v: str, x: torch.Tensor) -> bool:
+        rgb = view_kind(v) == "rgb"
+        return (x.ndim == (5 if rgb else 4) and x.shape[1] == frames and (not rgb or x.shape[-1] == 3)
+                and x.dtype == (torch.uint8 if rgb else torch.uint16))
+
+    if not isinstance(pixels, Mapping):
+        raise SgvlaError(f"pixel_values must be a dict of raw frames per view, got {type(pixels).__name__}")
+    if set(pixels) != set(views) or not all(fits(v, x) for v, x in pixels.items()):
+        got = {k: (tuple(x.shape), str(x.dtype)) for k, x in pixels.items()}
+        raise SgvlaError(f"pixel_values are {got} but the model expects raw frames of views={list(views)}: uint8 "
+                         f"(B, {frames}, H, W, 3) per RGB view, uint16 (B, {frames}, H, W) per depth view "
+                         "(sgvla.transforms.raw_frames, as the data pipeline and SGVLAProcessor give them, "
+                         "built from the model's config)")
 
 
-def _rgb_unit16(rgb: np.ndarray, out: np.ndarray) -> None:
-    """(H, W, 3) -> out (3, H, W). uint8 goes through OpenCV's LUT on the float16 bit patterns and
-    `split` into the planes (3x faster than a numpy gather over the transposed image)."""
-    if rgb.dtype != np.uint8:
-        out[:] = rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-        return
-    import cv2
-
-    cv2.split(cv2.LUT(np.ascontiguousarray(rgb), _RGB_UNIT16.view(np.uint16)), list(out.view(np.uint16)))
+def depth_mm_u16(depth_mm: np.ndarray) -> np.ndarray:
+    """Depth in millimetres (H, W) or (H, W, 1), any int/float dtype -> uint16 (H, W), clipped to
+    [0, 65535] as the dataset writer stores it, so evaluation depth reaches the model as training's did."""
+    d = np.asarray(depth_mm)
+    d = d[..., 0] if d.ndim == 3 else d
+    return d if d.dtype == np.uint16 else np.clip(d, 0, 65535).astype(np.uint16)
 
 
-def _depth_unit16(depth: np.ndarray, out: np.ndarray) -> None:
-    """(H, W) or (H, W, 1) millimetres -> out (3, H, W) via Eq. 1. Integer millimetres (what the
-    dataset stores and the envs render) are clipped to uint16 as the dataset writer does and
-    looked up; other values go through `depth_to_unit` itself."""
-    d = depth[..., 0] if depth.ndim == 3 else depth
-    if d.dtype.kind in "ui":
-        np.take(_DEPTH_UNIT16, d if d.dtype == np.uint16 else np.clip(d, 0, 65535), out=out[0])
-    else:
-        out[0] = depth_to_unit(torch.from_numpy(np.asarray(d, np.float32))).numpy()
-    out[1:] = out[0]
+def _stack(arrays: list[np.ndarray], copy: bool) -> np.ndarray:
+    return arrays[0][None] if len(arrays) == 1 and not copy else np.stack(arrays)
+
+
+def _raw_view(x: Any, view: str) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if view_kind(view) == "depth":
+        return depth_mm_u16(a)
+    if a.dtype != np.uint8:
+        raise SgvlaError(f"{view!r} must be uint8 RGB (H, W, 3) as the dataset stores it (got {a.dtype})")
+    return a
+
+
+def raw_to_unit(pixels: Mapping[str, torch.Tensor], views: Sequence[str]) -> torch.Tensor:
+    """{view: (B, T, H, W, 3) uint8 | (B, T, H, W) uint16} -> float32 (B, T * V, 3, H, W) in [0, 1],
+    frame-major, views in `views` order: RGB / 255, depth via Eq. 1 replicated to 3 channels."""
+    planes = []
+    for v in views:
+        x = pixels[v]
+        if view_kind(v) == "rgb":
+            planes.append(x.movedim(-1, -3).float() / 255)
+        else:
+            planes.append(depth_to_unit(x).unsqueeze(-3).expand(*x.shape[:-2], 3, *x.shape[-2:]))
+    return torch.stack(planes, dim=2).flatten(1, 2)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -104,6 +125,11 @@ def normalize_for_towers(x: torch.Tensor) -> dict[str, torch.Tensor]:
 def unit_to_towers(unit: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
     """(..., 3, H, W) images in [0, 1] (any dtype, any device) -> resized, tower-normalised pair."""
     return normalize_for_towers(resize(unit.float(), size))
+
+
+def raw_to_towers(pixels: Mapping[str, torch.Tensor], views: Sequence[str], size: int) -> dict[str, torch.Tensor]:
+    """Raw views (`raw_frames`, batched) -> the towers' inputs (B, T * V, 3, size, size), on their device."""
+    return unit_to_towers(raw_to_unit(pixels, views), size)
 
 
 def normalize_action(a: np.ndarray | torch.Tensor, q01, q99):

@@ -23,7 +23,7 @@ from sgvla.dataset.torch_dataset import (
 from sgvla.errors import SgvlaError
 from sgvla.transforms import normalize_action
 
-S = IMAGE_SIZE  # samples carry unit images at the stored resolution: the model resizes them
+S = IMAGE_SIZE  # samples carry raw frames at the stored resolution: the model converts and resizes them
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,10 @@ def test_sample_format_shapes_dtypes_and_ranges(root, cache):
                            chunk_size=4, cache_dir=cache)
     assert len(ds) == 18
     s = ds[6]
-    x = s["pixel_values"]["unit"]
-    assert set(s["pixel_values"]) == {"unit"} and x.dtype == torch.float16 and x.shape == (9, 3, S, S)
-    assert x.min() >= 0 and x.max() <= 1
+    px = s["pixel_values"]
+    assert list(px) == ["head_rgb", "hand_rgb", "head_depth"]
+    assert px["head_rgb"].dtype == torch.uint8 and px["head_rgb"].shape == (3, S, S, 3)
+    assert px["head_depth"].dtype == torch.uint16 and px["head_depth"].shape == (3, S, S)
     assert isinstance(s["instruction"], str) and s["subtask"] == "place" and s["task"] == "mini_kitchen"
     assert s["action"].dtype == torch.float32 and s["action"].shape == (13,)
     assert s["action_chunk"].shape == (4, 13) and s["action_chunk_pad"].dtype == torch.bool
@@ -60,23 +61,23 @@ def test_sample_format_shapes_dtypes_and_ranges(root, cache):
     shapes = {"global_pos": (2,), "grasp": (), "obj_pose": (7,), "qpos": (12,), "head_mask": (128, 128),
               "hand_mask": (128, 128)}
     assert {k: tuple(v.shape) for k, v in s["aux"].items()} == shapes
-    assert all(v.dtype == torch.float32 for v in s["aux"].values())
+    assert all(v.dtype == (torch.bool if k.endswith("_mask") else torch.float32) for k, v in s["aux"].items())
     assert set(s["aux_valid"]) == set(shapes) and all(v.dtype == torch.bool for v in s["aux_valid"].values())
-    assert set(torch.unique(s["aux"]["head_mask"]).tolist()) <= {0.0, 1.0}
 
 
 def test_history_is_frame_major_and_clamps_at_the_episode_start(root, cache):
     views = ("head_rgb", "hand_rgb")
     ds = SgvlaTorchDataset(root, "mini_kitchen", views=views, history=2, cache_dir=cache)
     cur = SgvlaTorchDataset(root, "mini_kitchen", views=views, history=0, cache_dir=cache)
-    px = lambda d, i: d[i]["pixel_values"]["unit"]  # noqa: E731
-    # episode 1 starts at row 5; row 6 sees frames (5, 5, 6); views per frame in the given order
-    x = px(ds, 6)
-    assert torch.equal(x[0:2], px(cur, 5)) and torch.equal(x[2:4], px(cur, 5))
-    assert torch.equal(x[4:6], px(cur, 6))
-    assert not torch.equal(x[0], x[1])  # head then hand, not the same view twice
-    y = px(ds, 9)  # episode 2 spans rows 8..11: row 9 sees frames (8, 8, 9)
-    assert torch.equal(y[0:2], px(cur, 8)) and torch.equal(y[4:6], px(cur, 9))
+    px = lambda d, i, v: d[i]["pixel_values"][v]  # noqa: E731
+    for v in views:
+        # episode 1 starts at row 5; row 6 sees frames (5, 5, 6), oldest first
+        x = px(ds, 6, v)
+        assert torch.equal(x[0:1], px(cur, 5, v)) and torch.equal(x[1:2], px(cur, 5, v))
+        assert torch.equal(x[2:3], px(cur, 6, v))
+        y = px(ds, 9, v)  # episode 2 spans rows 8..11: row 9 sees frames (8, 8, 9)
+        assert torch.equal(y[0:2], px(cur, 8, v).expand(2, -1, -1, -1)) and torch.equal(y[2:3], px(cur, 9, v))
+    assert not torch.equal(px(ds, 6, "head_rgb"), px(ds, 6, "hand_rgb"))  # each view its own camera
 
 
 def test_actions_are_q01_q99_normalised_and_chunks_pad_at_the_episode_end(root, rows, cache):
@@ -94,11 +95,15 @@ def test_actions_are_q01_q99_normalised_and_chunks_pad_at_the_episode_end(root, 
 
 
 def test_depth_keeps_more_than_8_bits_and_follows_eq1(root, rows, cache):
+    from sgvla.transforms import raw_to_unit
+
     ds = SgvlaTorchDataset(root, "mini_kitchen", views=("head_depth",), cache_dir=cache)
-    p = ds[0]["pixel_values"]["unit"][0].float()
-    assert torch.equal(p[0], p[1]) and torch.equal(p[0], p[2])  # replicated to 3 channels
+    raw = ds[0]["pixel_values"]
     depth_mm = decode_png(rows["head_depth"][0]).astype(np.float64)
-    np.testing.assert_allclose(p[0].numpy(), 1 - np.tanh(depth_mm / 1000), atol=2.5e-4)  # float16 rounding
+    assert torch.equal(raw["head_depth"][0], torch.from_numpy(decode_png(rows["head_depth"][0])))  # as stored
+    p = raw_to_unit({k: v[None] for k, v in raw.items()}, ["head_depth"])[0, 0]  # what the model computes
+    assert torch.equal(p[0], p[1]) and torch.equal(p[0], p[2])  # replicated to 3 channels
+    np.testing.assert_allclose(p[0].numpy(), 1 - np.tanh(depth_mm / 1000), atol=1e-6)  # float32 rounding
     assert len(torch.unique(p[0])) > 256
     # 1 mm apart stays apart: an 8-bit image could not separate these levels
     levels = np.unique(depth_mm)
@@ -140,11 +145,12 @@ def test_a_nan_qpos_is_an_invalid_zeroed_target(rows):
     def fetch(fields, idx):
         return {f: [rows[f][i] for i in idx] for f in fields}
 
-    bad = builder.build(vec, text, 1, 0, n, fetch)
+    targets = builder.targets(vec, np.full(n, "pick"))
+    bad = builder.build(targets, text, 1, 0, n, fetch)
     assert not bad["aux_valid"]["qpos"]
     assert bad["aux"]["qpos"].shape == (12,) and torch.count_nonzero(bad["aux"]["qpos"]) == 0
     assert bad["aux_valid"]["global_pos"] and bad["aux_valid"]["obj_pose"]  # only qpos is affected
-    good = builder.build(vec, text, 0, 0, n, fetch)
+    good = builder.build(targets, text, 0, 0, n, fetch)
     assert good["aux_valid"]["qpos"] and torch.equal(good["aux"]["qpos"], torch.ones(12))
 
 
@@ -167,7 +173,8 @@ def test_dataloader_is_deterministic_with_workers_and_ranks_are_disjoint(root, c
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     batch = next(iter(make_dataloader(ds, batch_size=3, num_workers=0)))
-    assert batch["pixel_values"]["unit"].shape == (3, 4, 3, S, S) and len(batch["instruction"]) == 3
+    assert batch["pixel_values"]["head_rgb"].shape == (3, 2, S, S, 3) and len(batch["instruction"]) == 3
+    assert batch["pixel_values"]["head_depth"].shape == (3, 2, S, S)
     assert batch["aux_valid"]["obj_pose"].shape == (3,)
     seen = []
     for rank in range(2):
@@ -212,7 +219,7 @@ def test_streaming_yields_the_same_samples(root, cache):
     want = {key(mapped[i]): mapped[i] for i in range(len(mapped))}
     for s in stream:
         m = want[key(s)]
-        assert torch.equal(s["pixel_values"]["unit"], m["pixel_values"]["unit"])
+        assert all(torch.equal(s["pixel_values"][v], m["pixel_values"][v]) for v in kw["views"])
         assert torch.equal(s["action_chunk_pad"], m["action_chunk_pad"]) and s["subtask"] == m["subtask"]
         assert all(torch.equal(s["aux"][k], m["aux"][k]) for k in m["aux"])
     order = [key(s) for s in SgvlaStreamingDataset(root, "mini_kitchen", seed=0, **kw)]
@@ -251,20 +258,30 @@ def test_bad_views_and_missing_fields_are_clear_errors(root, tmp_path, cache):
         SgvlaTorchDataset(rgb_only, "mini_kitchen", views=("head_rgb",), cache_dir=cache)
 
 
-def test_unit_images_follow_their_float_definitions_for_every_input_dtype():
-    """`frames_to_unit16` (dataset and processor): RGB / 255 and Eq. 1 depth up to float16 rounding,
-    whether depth comes as the dataset's uint16, a simulator's int32 or float millimetres."""
-    from sgvla.transforms import depth_to_unit, frames_to_unit16
+def test_raw_frames_are_stored_values_and_unit_images_follow_their_float_definitions():
+    """`raw_frames` (dataset and processor) keeps uint8 RGB and clips depth to uint16 as the dataset
+    writer does, from the dataset's uint16, a simulator's int32 or float millimetres; `raw_to_unit`
+    (the model) is RGB / 255 and Eq. 1 depth in float32."""
+    from sgvla.dataset.schema import encode_depth
+    from sgvla.transforms import depth_to_unit, raw_frames, raw_to_unit
 
     g = np.random.default_rng(0)
     rgb = g.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    mm = g.integers(0, 5000, (16, 16)).astype(np.uint16)
-    want_rgb = torch.from_numpy(rgb).movedim(-1, 0).float() / 255
-    want_depth = depth_to_unit(torch.from_numpy(mm.astype(np.int32))).expand(3, -1, -1)
-    for depth in (mm, mm.astype(np.int32)[..., None], mm.astype(np.float32)):
-        unit = frames_to_unit16([{"head_rgb": rgb, "hand_depth": depth}], ("head_rgb", "hand_depth"))
-        assert unit.dtype == torch.float16 and unit.shape == (2, 3, 16, 16)
-        torch.testing.assert_close(unit[0].float(), want_rgb, rtol=0, atol=2.5e-4)
-        torch.testing.assert_close(unit[1].float(), want_depth, rtol=0, atol=2.5e-4)
+    mm = g.integers(-100, 70000, (16, 16))
+    stored = torch.from_numpy(decode_png(encode_depth(mm)))
+    views = ("head_rgb", "hand_depth")
+    for depth in (mm, mm[..., None], mm.astype(np.float32)):
+        raw = raw_frames([{"head_rgb": rgb, "hand_depth": depth}] * 2, views)
+        assert torch.equal(raw["head_rgb"], torch.from_numpy(rgb).expand(2, -1, -1, -1))
+        assert torch.equal(raw["hand_depth"], stored.expand(2, -1, -1))
+    unit = raw_to_unit({k: v[None] for k, v in raw.items()}, views)
+    assert unit.dtype == torch.float32 and unit.shape == (1, 4, 3, 16, 16)  # frame-major: rgb, depth, rgb, depth
+    assert torch.equal(unit[0, 2], torch.from_numpy(rgb).movedim(-1, 0).float() / 255)
+    assert torch.equal(unit[0, 3], depth_to_unit(stored).expand(3, -1, -1))
+    frame = {"head_rgb": rgb, "hand_depth": mm}
+    assert not np.shares_memory(raw_frames([frame], views)["head_rgb"].numpy(), rgb)  # the caller keeps its arrays
+    assert np.shares_memory(raw_frames([frame], views, copy=False)["head_rgb"].numpy(), rgb)  # given away
     with pytest.raises(SgvlaError, match="one resolution"):
-        frames_to_unit16([{"head_rgb": rgb, "hand_depth": mm[:8]}], ("head_rgb", "hand_depth"))
+        raw_frames([{"head_rgb": rgb, "hand_depth": mm[:8]}], views)
+    with pytest.raises(SgvlaError, match="uint8"):
+        raw_frames([{"head_rgb": rgb.astype(np.float32), "hand_depth": mm}], views)

@@ -1,7 +1,7 @@
 """SG-VLA model tests on the tiny preset (random weights, nothing downloaded).
 
 Inputs are shaped exactly like the training-data pipeline's samples (see the contract in
-sgvla/model/processing_sgvla.py): normalised pixels (V, 3, S, S), a 13-D normalised action, an
+sgvla/model/processing_sgvla.py): raw frames per view (T, S, S[, 3]), a 13-D normalised action, an
 (H, 13) chunk with a padding flag, and the auxiliary targets with validity flags.
 """
 
@@ -25,8 +25,8 @@ from sgvla.model import (
     load_policy,
     save_policy,
 )
-from sgvla.transforms import normalize_for_towers, unnormalize_action
-from sgvla.vocab import AUX_NAMES, VIEWS
+from sgvla.transforms import normalize_for_towers, raw_frames, unnormalize_action
+from sgvla.vocab import AUX_NAMES, VIEWS, view_kind
 
 STATS = {"mean": [0.0] * 13, "std": [1.0] * 13, "min": [-3.0] * 13, "max": [3.0] * 13,
          "q01": [-2.0 + 0.1 * i for i in range(13)], "q99": [1.0 + 0.2 * i for i in range(13)]}
@@ -56,7 +56,10 @@ def make_sample(config: SGVLAConfig, seed: int, instruction: str = "Pick up the 
     """One item as the data pipeline produces it."""
     g = np.random.default_rng(seed)
     s, h = config.image_size, config.chunk_size
-    pixels = {"unit": torch.from_numpy(g.random((config.n_images, 3, s, s), dtype=np.float32))}
+    frames = [{v: g.integers(0, 256, (s, s, 3), dtype=np.uint8) if view_kind(v) == "rgb"
+               else g.integers(0, 5000, (s, s), dtype=np.uint16) for v in config.views}
+              for _ in range(config.history + 1)]
+    pixels = raw_frames(frames, config.views)
     quat = g.normal(size=4)
     return {
         "pixel_values": pixels,
@@ -132,7 +135,7 @@ def test_every_view_combination_runs(views):
     model = tiny(views=views, history=history)
     c = model.config
     batch = make_batch(model, 2)
-    assert batch["pixel_values"]["unit"].shape == (2, (history + 1) * len(views), 3, 56, 56)
+    assert {v: tuple(x.shape[:2]) for v, x in batch["pixel_values"].items()} == {v: (2, history + 1) for v in views}
     images = model.encode_images(batch["pixel_values"])
     assert images.shape == (2, (history + 1) * len(views) * 16, c.text_config.hidden_size)
     out = model(**batch)
@@ -260,6 +263,17 @@ def test_invalid_aux_targets_have_zero_weight():
             assert loss.item() == 0.0
             loss.backward()
             assert all(p.grad is None or not p.grad.any() for p in model.aux.heads[name].parameters())
+
+
+def test_bool_masks_of_the_data_pipeline_give_the_loss_of_their_float_values():
+    """The data pipeline ships masks raw (bool); the processor keeps them bool and the loss reads them as 0/1."""
+    model, names = tiny(views=["head_rgb", "hand_rgb"]), ("head_mask", "hand_mask")
+    samples = [make_sample(model.config, i) for i in range(2)]
+    as_bool = [{**s, "aux": {**s["aux"], **{k: s["aux"][k] > 0.5 for k in names}}} for s in samples]
+    want = model(**proc(model).collate(samples), compute=["mask"]).losses["mask"]
+    batch = proc(model).collate(as_bool)
+    assert all(batch["aux"][k].dtype == torch.bool for k in names)
+    assert torch.equal(model(**batch, compute=["mask"]).losses["mask"], want)
 
 
 def test_padded_chunk_steps_do_not_count_in_the_flow_loss():
@@ -390,15 +404,28 @@ def test_predict_action_modes_and_unnormalisation():
         model.predict_action(obs, "pick up the bowl", mode="tokens", processor=processor)
 
 
+def test_pixels_in_another_format_are_a_clear_error():
+    model = tiny(views=["head_rgb", "hand_depth"], history=1)
+    px = make_batch(model, 1)["pixel_values"]
+    for bad in ({"unit": torch.rand(1, 4, 3, 56, 56)},  # the half-float unit images of earlier versions
+                {**px, "hand_depth": px["hand_depth"].int()},  # depth widened from uint16
+                {**px, "head_rgb": px["head_rgb"][:, :1]},  # one frame short of the history
+                {"head_rgb": px["head_rgb"]}):  # a view missing
+        with pytest.raises(SgvlaError, match="raw frames"):
+            model.encode_images(bad)
+    with pytest.raises(SgvlaError, match="raw frames"):  # samples built for another model's views
+        proc(model).collate([make_sample(tiny(views=["head_rgb"], history=1).config, 0)])
+
+
 def test_history_frames_are_oldest_first():
     model = tiny(views=["head_rgb"], history=2)
     obs = observation(0)
     old, older = observation(5), observation(6)
     obs["history"] = [older, old]
-    px = proc(model).observation_pixels(obs)["unit"]
+    px = proc(model).observation_pixels(obs)["head_rgb"]
     for i, frame in enumerate([older, old, obs]):
-        one = proc(tiny(views=["head_rgb"])).observation_pixels(frame)["unit"][0]
-        torch.testing.assert_close(px[i], one)
+        one = proc(tiny(views=["head_rgb"])).observation_pixels(frame)["head_rgb"][0]
+        assert torch.equal(px[i], one)
 
 
 # -- flow expert --------------------------------------------------------------------------------
@@ -587,8 +614,9 @@ def test_auto_processor_round_trip_gives_the_same_inputs(tmp_path):
         for key in ("input_ids", "attention_mask", "labels", "action_chunk"):
             assert torch.equal(batch[key], want[key]), key
         assert torch.equal(inputs["input_ids"], want_inputs["input_ids"])
-        assert torch.equal(batch["pixel_values"]["unit"], want["pixel_values"]["unit"])
-        assert torch.equal(inputs["pixel_values"]["unit"], want_inputs["pixel_values"]["unit"])
+        for view in model.config.views:
+            assert torch.equal(batch["pixel_values"][view], want["pixel_values"][view]), view
+            assert torch.equal(inputs["pixel_values"][view], want_inputs["pixel_values"][view]), view
         np.testing.assert_array_equal(loaded.unnormalize(np.zeros((2, 13))), processor.unnormalize(np.zeros((2, 13))))
 
 
@@ -656,8 +684,9 @@ def test_load_components_uses_second_to_last_layer_features(tmp_path):
 
 def test_a_dataset_frame_reaches_the_towers_equal_in_training_and_evaluation(tmp_path, monkeypatch):
     """One pixel path: a dataset row through training (dataset -> collate -> model) and its raw
-    frames as an evaluation observation (processor -> model) give the towers equal inputs, which
-    match the float32 definition (/255 or Eq. 1, bicubic, normalisation) up to float16 rounding."""
+    frames as an evaluation observation (processor -> model) reach the model as the same raw frames
+    and give the towers bit-identical inputs, which are the float32 definition (/255 or Eq. 1,
+    bicubic, normalisation) of the stored frames."""
     import pyarrow.parquet as pq
 
     from sgvla.dataset.schema import decode_png
@@ -675,17 +704,19 @@ def test_a_dataset_frame_reaches_the_towers_equal_in_training_and_evaluation(tmp
     seen = []
     encode = model.encode_tower_inputs
     monkeypatch.setattr(model, "encode_tower_inputs", lambda d, s: seen.append((d, s)) or encode(d, s))
+    train_px = p.collate([ds[2]])["pixel_values"]
+    eval_px = p({**now, "history": [older]}, "open the fridge")["pixel_values"]
+    assert all(torch.equal(train_px[v], eval_px[v]) for v in c.views)
     with torch.no_grad():
-        model.encode_images(p.collate([ds[2]])["pixel_values"])
-        model.encode_images(p({**now, "history": [older]}, "open the fridge")["pixel_values"])
+        model.encode_images(train_px)
+        model.encode_images(eval_px)
     (train_dino, train_sig), (eval_dino, eval_sig) = seen
     assert torch.equal(train_dino, eval_dino) and torch.equal(train_sig, eval_sig)
     unit = [torch.from_numpy(f["head_rgb"]).movedim(-1, 0).float() / 255 for f in (older, now)]
     unit.insert(1, depth_to_unit(torch.from_numpy(older["hand_depth"].astype(np.int32))).expand(3, -1, -1))
     unit.append(depth_to_unit(torch.from_numpy(now["hand_depth"].astype(np.int32))).expand(3, -1, -1))
     want = unit_to_towers(torch.stack(unit)[None], c.image_size)
-    torch.testing.assert_close(train_dino, want["dino"], rtol=0, atol=3e-3)
-    torch.testing.assert_close(train_sig, want["siglip"], rtol=0, atol=3e-3)
+    assert torch.equal(train_dino, want["dino"]) and torch.equal(train_sig, want["siglip"])
 
 
 def test_expected_token_decoding_weights_bin_centres_by_their_probabilities():

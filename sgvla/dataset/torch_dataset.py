@@ -2,20 +2,22 @@
 
 One sample is the observation at step t of an episode plus its targets:
 
-* ``pixel_values``: {"unit": float16 [V, 3, H, W]} in [0, 1] at the stored resolution (128 px),
-  V = (history + 1) * len(views), frame-major: all views of frame t-history, ..., all views of
-  frame t, views in the order given (any of "head_rgb", "hand_rgb", "head_depth", "hand_depth").
-  History frames before the episode start repeat its first frame. The values are those of
-  `sgvla.transforms.frames_to_unit16`, which the processor runs on evaluation observations too
-  (depth via Eq. 1 from the 16-bit millimetres, 3 channels, never through 8-bit PIL); the model
-  resizes and normalises them for its towers on its own device (`transforms.unit_to_towers`), so
-  DataLoader workers ship 128 px half floats, not two float32 copies at the model's resolution.
+* ``pixel_values``: {view: raw frames} for each of the views given (any of "head_rgb",
+  "hand_rgb", "head_depth", "hand_depth"): uint8 [T, H, W, 3] for RGB, uint16 [T, H, W]
+  millimetres for depth, at the stored resolution (128 px), T = history + 1 frames oldest first
+  (t-history, ..., t); history frames before the episode start repeat its first frame. These are
+  the decoded PNGs as stored (`sgvla.transforms.raw_frames`, which the processor runs on
+  evaluation observations too): the model turns them into unit images (RGB / 255, Eq. 1 depth),
+  resizes and normalises them on its own device (`transforms.raw_to_towers`), so DataLoader
+  workers ship the fewest bytes a frame has (depth one 16-bit plane, never through 8-bit PIL).
 * ``instruction``, ``subtask``, ``task``: strings.
 * ``action``: float32[13], q01/q99-normalised to [-1, 1] with meta/stats.json;
   ``action_chunk``: float32[H, 13] = actions t..t+H-1, normalised, past the episode end repeating
   the last action; ``action_chunk_pad``: bool[H], True where padded.
 * ``aux``: {"global_pos": float32[2] base x, y (m, world), "grasp": float32 0/1,
-  "obj_pose": float32[7], "qpos": float32[12], "head_mask"/"hand_mask": float32[128, 128] 0/1}.
+  "obj_pose": float32[7], "qpos": float32[12], "head_mask"/"hand_mask": bool[128, 128]} (masks
+  raw as stored, like the pixels: a quarter of float32's bytes out of DataLoader workers; the
+  model's loss takes them as floats).
 * ``aux_valid``: the same keys -> bool. Rules (`aux_validity`): a target is invalid when any of
   its values is NaN/inf (then it is zeroed); ``obj_pose`` is also invalid when it is all zeros
   (the generator's "no pose"); every target is invalid on the subtasks the paper does not train it
@@ -27,7 +29,8 @@ The pipeline has no randomness, so a sample depends only on its index; shuffling
 sampler (`make_dataloader`: a seeded, resumable permutation split across ranks), which makes it
 deterministic given a seed with any number of DataLoader workers. Only the image columns the
 views need are decoded (plus the two masks when ``masks=True``); vectors are read once into numpy
-at construction.
+and turned into every row's targets at construction (per episode when streaming), so a sample
+only decodes its images and indexes its rows.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ from sgvla.dataset.schema import (
 )
 from sgvla.dataset.stats import load_stats, require_action_stats
 from sgvla.errors import SgvlaError
-from sgvla.transforms import frames_to_unit16, normalize_action
-from sgvla.vocab import AUX_LABEL_SUBTASKS, VIEWS
+from sgvla.transforms import normalize_action, raw_frames
+from sgvla.vocab import AUX_LABEL_SUBTASKS, AUX_TARGETS, VIEWS
 
 MASK_SIZE = IMAGE_SIZE
 #: The vectors a sample is built from (action targets and aux targets); the world pose is not one.
@@ -87,19 +90,22 @@ class PipelineSpec:
 # ---------------------------------------------------------------- decoding and sample assembly
 
 
-def aux_validity(subtask: str, values: dict[str, np.ndarray], masks: bool) -> dict[str, bool]:
-    """Per-target validity (rules in the module doc)."""
-    valid = {k: bool(np.all(np.isfinite(v))) for k, v in values.items()}
-    valid["obj_pose"] &= bool(pose_present(values["obj_pose"]))
-    for k in ("head_mask", "hand_mask"):
-        valid[k] &= masks
-    for k in valid:
-        valid[k] &= subtask in AUX_LABEL_SUBTASKS["mask" if k.endswith("_mask") else k]
-    return valid
+def aux_validity(subtasks: np.ndarray, values: dict[str, np.ndarray], masks: bool) -> dict[str, np.ndarray]:
+    """Per-row validity of every aux target (rules in the module doc), whole columns at once.
+
+    `values`: the vector targets (N, ...); the masks are decoded PNGs, finite by construction.
+    """
+    n = len(subtasks)
+    valid = {k: np.isfinite(v).reshape(n, -1).all(axis=1) for k, v in values.items()}
+    valid["obj_pose"] &= pose_present(values["obj_pose"])
+    valid.update({k: np.full(n, masks) for k in MASK_FIELDS})
+    return {k: v & np.isin(subtasks, AUX_LABEL_SUBTASKS["mask" if k.endswith("_mask") else k])
+            for k, v in valid.items()}
 
 
 class SampleBuilder:
-    """Turns rows of one table (vectors in numpy + an image fetcher) into model-ready samples."""
+    """Turns rows of one table into model-ready samples: the vector part of every row (normalised
+    actions, aux targets, validity) once per table (`targets`), the images per sample (`build`)."""
 
     def __init__(self, spec: PipelineSpec, q01: Sequence[float], q99: Sequence[float]):
         self.spec = spec
@@ -112,54 +118,43 @@ class SampleBuilder:
         want = np.arange(t, t + self.spec.chunk_size)
         return hist, np.minimum(want, end - 1), want >= end
 
-    def build(self, vec: dict[str, np.ndarray], text: dict[str, str], t: int, start: int, end: int,
+    def targets(self, vec: dict[str, np.ndarray], subtasks: np.ndarray) -> dict[str, np.ndarray]:
+        """A table's per-row targets, vectorised once so that a sample only indexes them: "action"
+        normalised float32 (N, 13), the vector aux targets float32 (zeroed where invalid) and
+        "valid" bool (N, len(AUX_TARGETS)), columns in AUX_TARGETS order."""
+        aux = {"global_pos": vec["base_pose"][:, :2], "grasp": vec["is_grasped"], "obj_pose": vec["obj_pose"],
+               "qpos": vec["qpos"]}
+        aux = {k: np.asarray(v, np.float32) for k, v in aux.items()}
+        valid = aux_validity(np.asarray(subtasks), aux, self.spec.masks)
+        out = {k: np.where(valid[k].reshape(-1, *[1] * (v.ndim - 1)), v, np.float32(0)) for k, v in aux.items()}
+        out["action"] = normalize_action(np.asarray(vec["action"], np.float32), self.q01, self.q99)
+        out["valid"] = np.stack([valid[k] for k in AUX_TARGETS], axis=1)
+        return out
+
+    def build(self, targets: dict[str, np.ndarray], text: dict[str, str], t: int, start: int, end: int,
               fetch: Callable[[Sequence[str], list[int]], dict[str, list]]) -> dict:
+        """Sample of row t (episode rows [start, end)) from the table's `targets` and its images."""
         spec = self.spec
         hist, chunk, pad = self.rows_for(t, start, end)
         need = sorted(set(hist))  # history slots clamped at the episode start repeat a row; t is the last
         cells = fetch(spec.image_fields(), need)
         pos = {r: i for i, r in enumerate(need)}
         decoded = {r: {v: decode_png(cells[v][pos[r]]) for v in spec.views} for r in need}
-        frames = [decoded[r] for r in hist]
-        actions = normalize_action(vec["action"][chunk].astype(np.float32), self.q01, self.q99)
-        aux = {
-            "global_pos": vec["base_pose"][t, :2].astype(np.float32),
-            "grasp": np.float32(vec["is_grasped"][t]),
-            "obj_pose": vec["obj_pose"][t].astype(np.float32),
-            "qpos": vec["qpos"][t].astype(np.float32),
-        }
+        valid = dict(zip(AUX_TARGETS, torch.from_numpy(targets["valid"][t].copy()), strict=True))
+        aux = {k: torch.from_numpy(np.array(targets[k][t])) for k in AUX_TARGETS if k not in MASK_FIELDS}
         for m in MASK_FIELDS:
-            aux[m] = (decode_png(cells[m][pos[t]]).astype(np.float32) if spec.masks
-                      else np.zeros((MASK_SIZE, MASK_SIZE), np.float32))
-        valid = aux_validity(text["subtask"], aux, spec.masks)
-        aux = {k: torch.as_tensor(np.asarray(v, np.float32)) if valid[k] else torch.zeros(np.shape(v))
-               for k, v in aux.items()}
+            mask = decode_png(cells[m][pos[t]]) if spec.masks else np.zeros((MASK_SIZE, MASK_SIZE), bool)
+            aux[m] = torch.from_numpy(mask if valid[m] else np.zeros_like(mask))
+        actions = targets["action"][chunk]
         return {
-            "pixel_values": {"unit": frames_to_unit16(frames, spec.views)},
+            "pixel_values": raw_frames([decoded[r] for r in hist], spec.views, copy=False),
             "instruction": text["instruction"], "subtask": text["subtask"], "task": text["task"],
             "action": torch.from_numpy(actions[0].copy()),
             "action_chunk": torch.from_numpy(actions),
             "action_chunk_pad": torch.from_numpy(pad),
             "aux": aux,
-            "aux_valid": {k: torch.tensor(v) for k, v in valid.items()},
+            "aux_valid": valid,
         }
-
-
-_TUNED_PID: int | None = None
-
-
-def tune_worker_process() -> None:
-    """One OpenCV thread per DataLoader worker process (as torch uses one per worker): the workers
-    already run in parallel, and OpenCV's own pool would oversubscribe the cores. Once per process."""
-    import os
-
-    global _TUNED_PID
-    if _TUNED_PID == os.getpid():
-        return
-    _TUNED_PID = os.getpid()
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 # ---------------------------------------------------------------- sources
@@ -266,6 +261,7 @@ class SgvlaTorchDataset(Dataset):
             images = images.cast_column(f, Image(decode=False))
         self._images = images
         self.builder = SampleBuilder(self.spec, self.stats["action"]["q01"], self.stats["action"]["q99"])
+        self._targets = self.builder.targets(self.vec, self._subtask)
 
     def _read_vectors(self, ds) -> None:
         tab = ds.select_columns(list(_TABULAR)).with_format("numpy")[:]
@@ -291,11 +287,9 @@ class SgvlaTorchDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        if torch.utils.data.get_worker_info() is not None:
-            tune_worker_process()
         text = {"instruction": str(self._instruction[i]), "subtask": str(self._subtask[i]),
                 "task": str(self._task[i])}
-        return self.builder.build(self.vec, text, int(i), int(self.start[i]), int(self.end[i]), self._fetch)
+        return self.builder.build(self._targets, text, int(i), int(self.start[i]), int(self.end[i]), self._fetch)
 
 
 def make_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 2, shuffle: bool = True,
@@ -394,13 +388,12 @@ class SgvlaStreamingDataset(IterableDataset):
         def fetch(fields, idx):
             return {f: [rows[i][f] for i in idx] for f in fields}
 
+        targets = self.builder.targets(vec, np.full(len(rows), text["subtask"]))
         for t in range(len(rows)):
             text_t = {**text, "instruction": rows[t]["instruction"]}
-            yield self.builder.build(vec, text_t, t, 0, len(rows), fetch)
+            yield self.builder.build(targets, text_t, t, 0, len(rows), fetch)
 
     def __iter__(self) -> Iterator[dict]:
-        if torch.utils.data.get_worker_info() is not None:
-            tune_worker_process()
         rng = np.random.default_rng([self.seed, self.epoch])
         buf: list[dict] = []
         for rows in self._episodes():
@@ -416,4 +409,4 @@ class SgvlaStreamingDataset(IterableDataset):
 
 
 __all__ = ["SgvlaTorchDataset", "SgvlaStreamingDataset", "PipelineSpec", "make_dataloader",
-           "aux_validity", "tune_worker_process"]
+           "aux_validity"]

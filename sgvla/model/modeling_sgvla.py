@@ -52,7 +52,7 @@ from sgvla.model.processing_sgvla import (
     action_decoding,
 )
 from sgvla.model.vision import FusedMLPProjector, FusedVisionBackbone
-from sgvla.transforms import unit_to_towers
+from sgvla.transforms import check_raw, raw_to_towers
 from sgvla.vocab import AUX_NAMES
 
 LOSS_NAMES: tuple[str, ...] = ("action", *AUX_NAMES, "flow")
@@ -213,28 +213,22 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
 
     # -- inputs ------------------------------------------------------------------------------
     def encode_images(self, pixel_values: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """{"unit": (B, V, 3, H, W) images in [0, 1]} -> projected patch tokens (B, V * P, llm width).
+        """{view: raw frames (B, T, H, W[, 3])} -> projected patch tokens (B, T * V * P, llm width).
 
-        The data pipeline and the processor both give unit images (`transforms.frames_to_unit16`);
-        only the model resizes and normalises them for its towers (`transforms.unit_to_towers`), on
-        its own device, so training and evaluation cannot feed the towers different inputs.
+        The data pipeline and the processor both give the raw frames (`transforms.raw_frames`:
+        uint8 RGB, uint16 depth millimetres); only the model turns them into the towers' inputs
+        (`transforms.raw_to_towers`: RGB / 255, Eq. 1 depth, resize, normalisation), on its own
+        device, so training and evaluation cannot feed the towers different inputs.
         """
         c = self.config
-        unit = pixel_values.get("unit") if isinstance(pixel_values, Mapping) else None
-        if unit is None or set(pixel_values) != {"unit"}:
-            raise SgvlaError("pixel_values must be {'unit': (B, V, 3, H, W) images in [0, 1]}, what the data "
-                             "pipeline and SGVLAProcessor give (see sgvla.transforms.frames_to_unit16)")
-        if unit.ndim != 5 or tuple(unit.shape[1:3]) != c.pixel_shape[:2]:
-            raise SgvlaError(f"pixel_values['unit'] is {tuple(unit.shape)} but this model expects (B, "
-                             f"{c.pixel_shape[0]}, 3, H, W) = (history+1)*len(views) images for "
-                             f"views={c.views}, history={c.history}")
-        towers = unit_to_towers(unit, c.image_size)
+        check_raw(pixel_values, c.views, c.history + 1)
+        towers = raw_to_towers(pixel_values, c.views, c.image_size)
         return self.encode_tower_inputs(towers["dino"], towers["siglip"])
 
     def encode_tower_inputs(self, dino: torch.Tensor, siglip: torch.Tensor) -> torch.Tensor:
         """Normalised tower inputs (B, V, 3, S, S) each -> projected patch tokens (B, V * P, llm width).
 
-        The step after `unit_to_towers`; public so that checks against other implementations (which
+        The step after `raw_to_towers`; public so that checks against other implementations (which
         normalise in their own way) can feed the towers directly.
         """
         want = self.config.pixel_shape

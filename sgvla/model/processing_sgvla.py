@@ -37,7 +37,7 @@ from sgvla.batching import stack_columns
 from sgvla.errors import SgvlaError
 from sgvla.model.action_tokenizer import ActionTokenizer
 from sgvla.model.configuration_sgvla import PROMPT_TEMPLATE, QWEN_SYSTEM_PROMPT
-from sgvla.transforms import frames_to_unit16, unnormalize_action
+from sgvla.transforms import check_raw, raw_frames, unnormalize_action
 from sgvla.vocab import AUX_TARGETS, VIEWS, view_kind
 
 IGNORE_INDEX = -100
@@ -158,11 +158,6 @@ class SGVLAProcessor(ProcessorMixin):
     def n_action_tokens(self) -> int:
         return self.token_chunk * self.action_dim
 
-    @property
-    def pixel_shape(self) -> tuple[int, int, int, int]:
-        """Per-sample shape of each tower's pixel tensor: ((history + 1) * len(views), 3, S, S)."""
-        return ((self.history + 1) * len(self.views), 3, self.image_size, self.image_size)
-
     def check_model(self, config) -> None:
         """Refuse a model config that this processor would feed or decode differently from its training."""
         differ = [k for k in SHARED_FIELDS if getattr(config, k) != getattr(self, k)]
@@ -209,11 +204,12 @@ class SGVLAProcessor(ProcessorMixin):
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Dataset samples -> a batch dict that `model(**batch)` accepts (right padding).
 
-        Sample keys: pixel_values {"unit": (V, 3, H, W)} in [0, 1], instruction, action (13,)
-        normalised; optional action_chunk (H, 13) + action_chunk_pad (H,) bool, aux {key: target} +
-        aux_valid {key: bool} (keys of AUX_TARGETS), subtask. Batch keys: input_ids, attention_mask,
-        labels (B, T); pixel_values {"unit": (B, V, 3, H, W)}; action (B, 13); action_chunk (B, H, 13);
-        action_chunk_pad (B, H); aux {key: (B, ...)}; aux_valid {key: (B,) bool}; subtask list.
+        Sample keys: pixel_values {view: raw frames (T, H, W[, 3])}, instruction, action (13,)
+        normalised; optional action_chunk (H, 13) + action_chunk_pad (H,) bool, aux {key: target,
+        bool or float} + aux_valid {key: bool} (keys of AUX_TARGETS), subtask. Batch keys:
+        input_ids, attention_mask, labels (B, L); pixel_values {view: (B, T, H, W[, 3])}; action
+        (B, 13); action_chunk (B, H, 13); action_chunk_pad (B, H); aux {key: (B, ...)}; aux_valid
+        {key: (B,) bool}; subtask list.
         """
         if not samples:
             raise SgvlaError("collate() got an empty list of samples")
@@ -232,7 +228,7 @@ class SGVLAProcessor(ProcessorMixin):
         except KeyError as e:
             raise SgvlaError(f"samples differ in their keys: one lacks {e} that the first has") from None
         batch = stack_columns(cols)
-        self._check_pixels(batch["pixel_values"])
+        check_raw(batch["pixel_values"], self.views, self.history + 1)
         if "action_chunk" in batch:
             chunk = batch["action_chunk"]
             if tuple(chunk.shape[1:]) != (self.chunk_size, self.action_dim):
@@ -256,36 +252,28 @@ class SGVLAProcessor(ProcessorMixin):
             ("action",): [_float_tensor(s["action"]) for s in samples],
         }
         for k in samples[0]["pixel_values"]:
-            cols[("pixel_values", k)] = [_pixel_tensor(s["pixel_values"][k]) for s in samples]
+            cols[("pixel_values", k)] = [torch.as_tensor(s["pixel_values"][k]) for s in samples]
         if "action_chunk" in samples[0]:
             cols[("action_chunk",)] = [_float_tensor(s["action_chunk"]) for s in samples]
             if samples[0].get("action_chunk_pad") is not None:
                 cols[("action_chunk_pad",)] = [torch.as_tensor(s["action_chunk_pad"]).bool() for s in samples]
         if "aux" in samples[0]:
             for k in (k for k in AUX_TARGETS if k in samples[0]["aux"]):
-                cols[("aux", k)] = [_float_tensor(s["aux"][k]) for s in samples]
+                cols[("aux", k)] = [_aux_tensor(s["aux"][k]) for s in samples]
                 cols[("aux_valid", k)] = [torch.tensor(bool(np.asarray(s.get("aux_valid", {}).get(k, True))))
                                           for s in samples]
         return cols
 
-    def _check_pixels(self, pixels: Mapping[str, torch.Tensor]) -> None:
-        want = self.pixel_shape[:2]
-        unit = pixels.get("unit")
-        if set(pixels) != {"unit"} or unit.ndim != 5 or tuple(unit.shape[1:3]) != want:
-            got = {k: tuple(v.shape[1:]) for k, v in pixels.items()}
-            raise SgvlaError(f"pixel_values per sample are {got} but the model expects {{'unit': ({want[0]}, 3, H, "
-                             f"W)}}: (history+1)*len(views) = ({self.history}+1)*{len(self.views)} unit images "
-                             f"for views={self.views}; build the data pipeline from the model's config")
-
     # -- observations ------------------------------------------------------------------------
     def observation_pixels(self, observation: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Raw observation -> {"unit": (V, 3, H, W) float16 in [0, 1]}, frame-major, views in `views` order:
-        the data pipeline's path (`transforms.frames_to_unit16`); the model resizes and normalises.
+        """Raw observation -> {view: uint8 (T, H, W, 3) | uint16 (T, H, W)}, T = history + 1 frames oldest
+        first: the data pipeline's representation (`transforms.raw_frames`); the model converts it.
 
-        `observation[view]`: uint8 (H, W, 3) for *_rgb, depth in mm (H, W) or (H, W, 1) for *_depth,
-        every view at one resolution. `observation["history"]` (only read when history = k > 0): list
-        of previous observations, oldest first, each a dict with the same view keys; the last k are
-        used and a shorter list (episode start) is padded by repeating its oldest frame (or the current one).
+        `observation[view]`: uint8 (H, W, 3) for *_rgb, depth in mm (H, W) or (H, W, 1) for *_depth
+        (clipped to uint16 as the dataset stores it), every view at one resolution.
+        `observation["history"]` (only read when history = k > 0): list of previous observations,
+        oldest first, each a dict with the same view keys; the last k are used and a shorter list
+        (episode start) is padded by repeating its oldest frame (or the current one).
         """
         missing = [v for v in self.views if v not in observation]
         if missing:
@@ -300,11 +288,11 @@ class SGVLAProcessor(ProcessorMixin):
                 if view not in frame:
                     raise SgvlaError(f"a history frame lacks view {view!r}: give every frame views={self.views}")
                 _checked(frame[view], view)
-        return {"unit": frames_to_unit16(frames, self.views)}
+        return raw_frames(frames, self.views)
 
     def __call__(self, observation: Mapping[str, Any], instruction: str) -> dict[str, Any]:
         """One raw observation + instruction -> the model's inference inputs, batch of one:
-        {"pixel_values": {"unit": (1, V, 3, H, W)}, "input_ids": (1, L)}."""
+        {"pixel_values": {view: (1, T, H, W[, 3])}, "input_ids": (1, L)}."""
         pixels = {k: v.unsqueeze(0) for k, v in self.observation_pixels(observation).items()}
         return {"pixel_values": pixels, "input_ids": torch.tensor([self.prompt_ids(instruction)])}
 
@@ -411,7 +399,8 @@ def _float_tensor(x: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
 
 
-def _pixel_tensor(x: Any) -> torch.Tensor:
-    """Half floats stay half (the data pipeline's unit images: half the bytes out of DataLoader workers)."""
+def _aux_tensor(x: Any) -> torch.Tensor:
+    """Boolean targets (the data pipeline's masks) stay bool, a quarter of float32's bytes out of
+    DataLoader workers (the loss takes them as floats); any other target becomes float32."""
     t = torch.as_tensor(x)
-    return t if t.dtype in (torch.float16, torch.bfloat16) else t.float()
+    return t if t.dtype == torch.bool else _float_tensor(x)

@@ -140,8 +140,8 @@ def wrap_ddp(model, env):
 def fsdp_policies(device_type: str):
     """(blocks' policy, root's policy). On GPU the blocks compute in bf16 and cast their inputs
     (hidden states) to it; the root does not cast its forward inputs, because those are the batch:
-    world-frame targets in metres (bf16 steps of 3-6 cm at a few metres), auxiliary targets and the
-    half-float pixels that Eq. 1 turns into depth. Autocast (the training loop's) runs the root's own
+    world-frame targets in metres (bf16 steps of 3-6 cm at a few metres) and auxiliary targets (the
+    pixels are raw integers, which no cast touches). Autocast (the training loop's) runs the root's own
     matmuls in bf16 anyway."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
