@@ -298,7 +298,7 @@ class SGVLAProcessor(ProcessorMixin):
 
     def batch(self, observations: Sequence[Mapping[str, Any]], instructions: Sequence[str]) -> dict[str, Any]:
         """Several raw observations, one instruction each -> inference inputs of a batch:
-        {"pixel_values": {"unit": (B, V, 3, H, W)}, "input_ids": (B, L), "attention_mask": (B, L)}.
+        {"pixel_values": {view: (B, T, ...) raw frames}, "input_ids": (B, L), "attention_mask": (B, L)}.
         Prompts are LEFT-padded (unlike `collate`'s training batches): every row then ends at its
         assistant header, where the model appends the answer tokens of all rows at once."""
         if not observations or len(observations) != len(instructions):
@@ -306,7 +306,8 @@ class SGVLAProcessor(ProcessorMixin):
                              f"and {len(instructions)} instructions)")
         ids = [self.prompt_ids(text) for text in instructions]
         width = max(map(len, ids))
-        return {"pixel_values": {"unit": torch.stack([self.observation_pixels(o)["unit"] for o in observations])},
+        pixels = [self.observation_pixels(o) for o in observations]
+        return {"pixel_values": {v: torch.stack([p[v] for p in pixels]) for v in self.views},
                 "input_ids": torch.tensor([[self.pad_id] * (width - len(r)) + r for r in ids]),
                 "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])}
 
