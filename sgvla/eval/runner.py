@@ -55,10 +55,6 @@ class EvalWorker:
             envs.append(make_eval_env(self.task, subtask, self.obs_mode))
         return envs[:n]
 
-    def run(self, subtask: str, seed: int) -> dict:
-        """One episode's record."""
-        return self.run_batch(subtask, [seed])[0]
-
     def run_batch(self, subtask: str, seeds: list[int]) -> list[dict]:
         """The records of `seeds`' episodes, run in lockstep on one env each (one alone: `run_episode`)."""
         from mani_skill.utils.gym_utils import find_max_episode_steps_value
