@@ -139,6 +139,24 @@ def test_subtask_selection_reaches_the_sampler(dataset):
         modelops.build_dataset(none, dataclasses.asdict(info), mc)
 
 
+def test_max_episodes_keeps_the_first_episodes_of_each_subtask(tmp_path):
+    """Learning curves against data: data.max_episodes=N trains on each subtask's first N episodes."""
+    data = write_synthetic_dataset(tmp_path / "data", episodes={"train": [3, 4, 5, 6, 7, 8]})  # subtasks cycle
+    cfg = config_from_dict({"data": {"max_episodes": 1}, "train": {"global_batch_size": 4},
+                            "model": {"aux_decoders": [], "use_flow_expert": False}})
+    mc = modelops.model_config(cfg)
+    info = dataclasses.asdict(inspect_dataset(str(data), cfg, mc))
+    ds, idx = modelops.build_dataset(cfg, info, mc)
+    assert len(ds) == 33 and idx == list(range(18))  # episodes 0-3, one per subtask; 4 and 5 repeat pick, place
+    few = config_from_dict({**cfg.to_dict(), "data": {"max_episodes": 1, "subtasks": ["pick"]}})
+    with pytest.raises(SgvlaError, match="max_episodes=1 leaves 3 samples"):
+        modelops.build_dataset(few, info, mc)
+    assert cfg.compat_view()["data"]["max_episodes"] == 1
+    assert "max_episodes" not in config_from_dict({}).compat_view()["data"]  # older runs still resume
+    with pytest.raises(SgvlaError, match="data.max_episodes must be >= 1"):
+        config_from_dict({"data": {"max_episodes": 0}})
+
+
 def test_the_loop_logs_the_losses_the_model_computes(setup):
     cfg, model, batch, stages = setup
     aux = tuple(model.config.aux_decoders)

@@ -73,6 +73,10 @@ class DataSection:
     split: str = "train"
     #: Keep only these subtasks (the paper's seg/obj-pose runs use pick and place); None = all.
     subtasks: list[str] | None = None
+    #: Keep only the first N episodes (dataset order) of each selected subtask; None = all. For
+    #: learning curves against the amount of data from one dataset, so that every point shares its
+    #: action statistics. Demos recorded with `sgvla demos --repeats R` are R consecutive episodes.
+    max_episodes: int | None = None
     #: DataLoader worker processes per Ray Train worker (PNG decoding happens there).
     loader_workers: int = 2
 
@@ -164,7 +168,10 @@ class TrainConfig:
         so that a refused --resume can name the fields that changed.
         """
         d = self.to_dict()
-        return {"model": d["model"], "data": {k: d["data"][k] for k in ("configs", "split", "subtasks")},
+        data = {k: d["data"][k] for k in ("configs", "split", "subtasks")}
+        if self.data.max_episodes is not None:  # only when set: runs from before the field still resume
+            data["max_episodes"] = self.data.max_episodes
+        return {"model": d["model"], "data": data,
                 "train": {k: d["train"][k] for k in ("global_batch_size", "micro_batch_size", "seed",
                                                      "schedule", "strategy")}}
 
@@ -353,6 +360,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
                          "optim.warmup_steps >= 0 and optim.min_lr_ratio in [0, 1]")
     if cfg.data.loader_workers < 0:
         raise SgvlaError(f"{where}: data.loader_workers must be >= 0")
+    if cfg.data.max_episodes is not None and cfg.data.max_episodes < 1:
+        raise SgvlaError(f"{where}: data.max_episodes must be >= 1, or null for every episode")
     subs = cfg.data.subtasks
     if subs is not None:  # here, not in the dataset checks, so that it holds for local and Hub data alike
         bad = [s for s in subs if s not in SUBTASKS]

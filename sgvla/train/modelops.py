@@ -84,14 +84,31 @@ def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Da
     ds = SgvlaTorchDataset(data["source"], configs=data["configs"], split=data["split"], views=mc.views,
                            history=mc.history, chunk_size=mc.chunk_size,
                            stats=data["stats"], masks="mask" in mc.aux_decoders)
-    if cfg.data.subtasks is None:
-        return ds, list(range(len(ds)))
     names = np.asarray(ds.subtasks)  # per-row subtask names, read once at construction
-    rows = np.flatnonzero(np.isin(names, cfg.data.subtasks)).tolist()
-    if not rows:  # the driver cannot count a Hub dataset's rows per subtask: this is where it shows
+    keep = np.ones(len(ds), bool) if cfg.data.subtasks is None else np.isin(names, cfg.data.subtasks)
+    if not keep.any():  # the driver cannot count a Hub dataset's rows per subtask: this is where it shows
         raise SgvlaError(f"dataset {data['source']} has no {data['split']!r} rows of subtask(s) "
                          f"{cfg.data.subtasks} in configs {data['configs']}: check data.subtasks / configs")
-    return ds, rows
+    if cfg.data.max_episodes is not None:
+        keep &= first_episodes(names, ds.start, cfg.data.max_episodes)
+        if keep.sum() < cfg.train.global_batch_size:
+            raise SgvlaError(f"data.max_episodes={cfg.data.max_episodes} leaves {keep.sum()} samples, fewer "
+                             f"than one optimizer step (train.global_batch_size={cfg.train.global_batch_size})")
+    return ds, np.flatnonzero(keep).tolist()
+
+
+def first_episodes(subtasks, episode_start, n: int):
+    """Row mask: the rows of the first `n` episodes of each subtask, episodes in dataset order.
+
+    An episode is identified by its first row (`episode_start`), which stays unique when several
+    dataset configs are concatenated, unlike `episode_index`."""
+    import numpy as np
+
+    keep = np.zeros(len(subtasks), bool)
+    for s in np.unique(subtasks):
+        rows = subtasks == s
+        keep |= rows & np.isin(episode_start, np.unique(episode_start[rows])[:n])
+    return keep
 
 
 def has_flow_expert(model) -> bool:

@@ -46,7 +46,8 @@ class DatasetInfo:
     configs: list[str]
     split: str
     # rows of the selected configs/split/subtasks; on the Hub, of the configs/split only (its row
-    # counts are per split): the workers' row selection then refuses a subtask filter with no rows
+    # counts are per split): the workers' row selection then refuses a subtask filter with no rows;
+    # data.max_episodes is applied there as well
     num_rows: int
     stats: dict = field(repr=False, default_factory=dict)
 
