@@ -56,8 +56,10 @@ Done in $((SECONDS - t0)) s. What to open:
 
 About the demo model: it is the tiny preset trained for 60 steps on $EPISODES demos per subtask, a
 check that every stage of the pipeline runs, not a policy; expect it to fail on the val episodes.
-The CPU-scale recipe is configs/cpu_recipe.yaml (scripts/cpu_recipe.sh). It has not yet produced a
-policy that succeeds on val episodes; docs/results.md states what it and the diagnostics measured,
-with seeds and intervals (the first learned successes come from a one-subtask model there).
+The CPU-scale recipe of all four subtasks (configs/cpu_recipe.yaml, scripts/cpu_recipe.sh) has not
+yet produced a policy that succeeds on val episodes. A one-subtask model does: configs/diag_close_only.yaml
+on 48 close demos for 12,000 steps (about 21 min here) closes the drawer on 0.60-0.83 of 30 val
+episodes (three training seeds); docs/results.md section 3 (fifth and sixth rounds) has the curves
+against steps and demos, with seeds and intervals, and what limits the four-subtask recipe.
 Comparisons like the paper's tables run with `sgvla study configs/studies/table3_small.yaml`.
 TXT
