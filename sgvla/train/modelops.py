@@ -93,7 +93,8 @@ def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Da
         keep &= first_episodes(names, ds.start, cfg.data.max_episodes)
         if keep.sum() < cfg.train.global_batch_size:
             raise SgvlaError(f"data.max_episodes={cfg.data.max_episodes} leaves {keep.sum()} samples, fewer "
-                             f"than one optimizer step (train.global_batch_size={cfg.train.global_batch_size})")
+                             f"than one optimizer step (train.global_batch_size={cfg.train.global_batch_size}): raise "
+                             "data.max_episodes or lower train.global_batch_size")
     return ds, np.flatnonzero(keep).tolist()
 
 
