@@ -71,10 +71,10 @@ def eval_rate(model: str, mode: str, out: Path, episodes: int, max_steps: int) -
 
     worker = EvalWorker("mini_kitchen", model, mode, str(out), False, _obs_mode_for(model)[0], max_steps)
     seeds = split_seeds("val", 0, episodes + 1)
-    worker.run("pick", seeds[0])
+    worker.run_batch("pick", seeds[:1])
     t, steps = time.perf_counter(), 0
     for seed in seeds[1:]:
-        steps += worker.run("pick", seed)["steps"]
+        steps += worker.run_batch("pick", [seed])[0]["steps"]
     return steps / (time.perf_counter() - t)
 
 
