@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -77,8 +78,6 @@ def build_model(cfg: TrainConfig, stats: dict):
 
 def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Dataset, list[int]]:
     """This worker's own map-style dataset (never shipped through the driver) and the row selection."""
-    import numpy as np
-
     from sgvla.dataset.torch_dataset import SgvlaTorchDataset
 
     ds = SgvlaTorchDataset(data["source"], configs=data["configs"], split=data["split"], views=mc.views,
@@ -98,13 +97,11 @@ def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Da
     return ds, np.flatnonzero(keep).tolist()
 
 
-def first_episodes(subtasks, episode_start, n: int):
+def first_episodes(subtasks: np.ndarray, episode_start: np.ndarray, n: int) -> np.ndarray:
     """Row mask: the rows of the first `n` episodes of each subtask, episodes in dataset order.
 
     An episode is identified by its first row (`episode_start`), which stays unique when several
     dataset configs are concatenated, unlike `episode_index`."""
-    import numpy as np
-
     keep = np.zeros(len(subtasks), bool)
     for s in np.unique(subtasks):
         rows = subtasks == s
