@@ -232,7 +232,8 @@ def test_wandb_mirrors_the_metrics_and_a_resume_keeps_the_run_id(dataset, tmp_pa
     from sgvla.train.preflight import run_id
 
     out = tmp_path / "run_w"
-    wandb = ["train.wandb=sgvla-test", "train.wandb_mode=offline", "stage2.epochs=1"]
+    wandb = ["train.wandb=sgvla-test", "train.wandb_mode=offline",
+             "stage1.max_steps=2", "stage2.max_steps=2", "stage3.max_steps=2"]
     summary = run_train(TINY, str(dataset), out, workers=1, overrides=OVERRIDES + wandb)
     rid = run_id(out)
     files = list((out / "wandb").glob(f"offline-run-*-{rid}/run-{rid}.wandb"))
