@@ -59,6 +59,25 @@ def test_rows_with_one_training_share_the_run(tmp_path):
     assert keys[0] == keys[1] != keys[2]
 
 
+def test_init_from_starts_each_cell_from_its_own_seeds_model(tmp_path):
+    """A stage-3 row on finished VLAs: `{seed}` picks each cell's model, paths are relative to the
+    study file, and the start point is part of what a shared run means."""
+    from sgvla.study.run import _train_args
+
+    rows = [{"name": "tokens", "config": str(TINY), "init_from": "../vla/seed{seed}/model"},
+            {"name": "flow", "config": str(TINY), "init_from": "../vla/seed{seed}/model", "mode": "flow"},
+            {"name": "fresh", "config": str(TINY)}]
+    study = load_study(_study(tmp_path / "s", rows, seeds=(0, 4)), dataset=str(tmp_path))
+    keys = [r.train_key for r in study.rows]
+    assert keys[0] == keys[1] != keys[2]
+    cell = next(c for c in study.cells if c.row.name == "flow" and c.seed == 4)
+    assert cell.init_from == str(tmp_path / "vla" / "seed4" / "model")
+    args = _train_args(study, cell, tmp_path / "out", "127.0.0.1:1")
+    assert f"model.init_from={tmp_path / 'vla' / 'seed4' / 'model'}" in args and "train.seed=4" in args
+    with pytest.raises(SgvlaError, match="unknown key.*init_form"):
+        load_study(_study(tmp_path / "t", [{"name": "a", "config": str(TINY), "init_form": "x"}]))
+
+
 def test_report_shows_the_effect_rate_beside_success(tmp_path):
     """Where success is rare, the subtask's effect reached at some step is what tells rows apart."""
     from sgvla.study.report import markdown, summarize

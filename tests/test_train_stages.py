@@ -106,6 +106,40 @@ def test_stages_1_and_2_leave_the_expert_alone(setup):
     assert not _changed(before, after, ("expert.",))
 
 
+def test_init_from_a_model_without_expert_adds_one_for_stage3(dataset, setup, tmp_path):
+    """`model.init_from` + `use_flow_expert: true` on a VLA trained without an expert: the VLA's
+    weights are kept, a seeded new expert is attached, the dataset yields action chunks for it,
+    and stage 3 trains the expert alone (Table 5 on a finished VLA)."""
+    from sgvla.model import SGVLAProcessor, save_policy
+
+    cfg, model, _, stages = setup
+    vla = copy.deepcopy(model)
+    vla.expert, vla.config.use_flow_expert = None, False
+    save_policy(vla, SGVLAProcessor.from_config(vla.config), tmp_path / "vla")
+    run = config_from_dict({"model": {"init_from": str(tmp_path / "vla"), "use_flow_expert": True},
+                            "optim": {"lr": 1e-3}, "train": {"global_batch_size": 4, "micro_batch_size": 4},
+                            "stage2": {"epochs": 0}, "stage3": {"epochs": 1}})
+    mc = modelops.model_config(run)
+    assert mc.use_flow_expert
+    info = dataclasses.asdict(inspect_dataset(str(dataset), run, mc))
+    experts = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        grown, processor = modelops.build_model(run, info["stats"])
+        experts.append(grown.expert.state_dict())
+    vla_weights = vla.state_dict()
+    assert grown.expert is not None and grown.config.use_flow_expert
+    assert all(torch.equal(v, grown.state_dict()[k]) for k, v in vla_weights.items())
+    assert all(torch.equal(experts[0][k], experts[1][k]) for k in experts[0])  # the seed decides it
+    ds, _ = modelops.build_dataset(run, info, grown.config)
+    batch = processor.collate([ds[i] for i in (0, 3, 7, 10)])
+    before, after, out = _step(grown, stages["stage3"], batch, run)
+    assert "loss_flow" in out and _changed(before, after, ("expert.",))
+    assert not _changed(before, after, BACKBONE)
+    with pytest.raises(SgvlaError, match="already has a flow expert"):
+        grown.add_flow_expert()
+
+
 def test_gradient_checkpointing_gives_the_same_step(setup):
     cfg, model, batch, stages = setup
     results = []

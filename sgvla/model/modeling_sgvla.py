@@ -154,6 +154,16 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         """Everything except the flow expert (towers, projector, LLM, auxiliary decoders)."""
         return [self.vision, self.projector, self.llm, self.aux]
 
+    def add_flow_expert(self) -> None:
+        """Attach a freshly initialised flow expert to a model trained without one. Stage 3 trains the
+        expert alone on the frozen VLM, so any finished VLA can get one afterwards: the comparison of
+        the paper's Table 5 (tokens vs flow on the same VLM) then needs no second VLM training."""
+        if self.expert is not None:
+            raise SgvlaError("this model already has a flow expert")
+        self.config.use_flow_expert = True
+        self.expert = FlowMatchingExpert(self.config)
+        self.expert.apply(self._init_weights)
+
     def freeze_vlm(self) -> None:
         """Stage 3: only the flow expert keeps `requires_grad`."""
         for m in self.vlm_modules():

@@ -97,7 +97,7 @@ def _train_args(study: Study, cell: Cell, out: Path, address: str) -> list[str] 
     args = ["train", "--config", str(cell.row.config), "--dataset", study.dataset, "--output", str(run),
             "--workers", str(study.train_workers), "--gpus-per-worker", str(study.gpus_per_worker),
             "--ray-address", address, "--set", f"train.seed={cell.seed}"]
-    for o in cell.row.overrides:
+    for o in cell.row.overrides + ((f"model.init_from={cell.init_from}",) if cell.init_from else ()):
         args += ["--set", o]
     return args + (["--resume"] if (run / "run.json").is_file() else [])
 

@@ -9,9 +9,12 @@ with which seeds, on which data, and how each cell is evaluated.
     rows:
       - {name: no aux, config: ../cpu_recipe.yaml, set: ["model.aux_decoders=[]"]}
       - {name: flow, config: ../cpu_recipe.yaml, mode: flow}   # same training as another row: trained once
+      - {name: expert on a VLA, config: ../stage3.yaml, init_from: ../runs/vla-seed{seed}/model, mode: flow}
 
 Rows whose training config (after overrides) is identical share their runs: Table 5 compares two
-evaluation modes of one trained model, not two trainings.
+evaluation modes of one trained model, not two trainings. `init_from` starts each cell from a
+saved model (`{seed}` becomes the cell's training seed), e.g. the VLA of another study's cell of
+the same seed, so that a stage-3-only row adds a flow expert to it without training a VLA again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sgvla.errors import SgvlaError
 
 EVAL_MODES = ("auto", "tokens", "flow")
 _KEYS = {"name", "dataset", "task", "seeds", "eval", "train", "rows"}
+_ROW_KEYS = {"name", "config", "set", "mode", "subtask", "init_from"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Row:
     mode: str
     subtask: str
     train_key: str  # identical trainings share one key (and one run per seed)
+    init_from: str | None = None  # a model folder to start from; "{seed}" is the cell's seed
 
     @property
     def slug(self) -> str:
@@ -54,6 +59,10 @@ class Cell:
 
     def eval_dir(self, out: Path) -> Path:
         return Path(out) / "evals" / self.row.slug / f"seed-{self.seed}"
+
+    @property
+    def init_from(self) -> str | None:
+        return None if self.row.init_from is None else self.row.init_from.replace("{seed}", str(self.seed))
 
 
 @dataclass
@@ -128,6 +137,10 @@ def load_study(path: Path, dataset: str | None = None) -> Study:
     for i, r in enumerate(doc["rows"]):
         if not isinstance(r, dict) or "name" not in r or "config" not in r:
             raise SgvlaError(f"study file {path}: row {i + 1} needs `name:` and `config:`")
+        extra = sorted(set(r) - _ROW_KEYS)
+        if extra:
+            raise SgvlaError(f"study file {path}, row {r['name']!r}: unknown key(s) {extra}; "
+                             f"known: {sorted(_ROW_KEYS)}")
         if r["name"] in names:
             raise SgvlaError(f"study file {path}: two rows are named {r['name']!r}")
         names.add(r["name"])
@@ -139,10 +152,11 @@ def load_study(path: Path, dataset: str | None = None) -> Study:
         if mode not in EVAL_MODES:
             raise SgvlaError(f"study file {path}, row {r['name']!r}: mode {mode!r} is not one of {EVAL_MODES}")
         overrides = tuple(str(s) for s in (r.get("set") or []))
+        init_from = _local(base, str(r["init_from"])) if r.get("init_from") else None
         try:
-            key = _train_key(config, overrides)
+            key = _train_key(config, overrides + ((f"model.init_from={init_from}",) if init_from else ()))
         except SgvlaError as e:
             raise SgvlaError(f"study file {path}, row {r['name']!r}: {e}") from None
         study.rows.append(Row(str(r["name"]), config, overrides, mode, str(r.get("subtask", ev.get("subtask", "all"))),
-                              key))
+                              key, init_from))
     return study

@@ -49,7 +49,8 @@ class ModelSection:
     subtask_modes: dict[str, str] | None = None
     #: Extra keyword arguments for `SGVLAConfig.from_preset` (e.g. component paths of sgvla-1.3b).
     extra: dict[str, Any] = field(default_factory=dict)
-    #: Start from a `save_pretrained` folder instead of the preset's initialisation.
+    #: Start from a `save_pretrained` folder instead of the preset's initialisation; with
+    #: `use_flow_expert: true` a model saved without an expert gets a new one (for stage 3).
     init_from: str | None = None
     #: Recompute the LLM's activations in the backward pass (saves memory on the full model).
     gradient_checkpointing: bool = False

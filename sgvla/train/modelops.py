@@ -30,14 +30,17 @@ def _fit_config(mc, cfg: TrainConfig, stats: dict | None):
     """What every way of building the model shares, applied to its SGVLAConfig after it is made.
 
     A model started from `init_from` keeps its own aux_weights / subtask_modes but takes the run's
-    on top (a preset gets them as `from_preset` overrides instead), and the dataset's action
-    statistics travel with the model so that its actions can be un-normalised at inference.
+    on top (a preset gets them as `from_preset` overrides instead), and gets a new flow expert when
+    the run asks for one (`build_model` adds it); the dataset's action statistics travel with the
+    model so that its actions can be un-normalised at inference.
     """
     m = cfg.model
     if m.init_from:
         for key in ("aux_weights", "subtask_modes"):
             if getattr(m, key) is not None:
                 setattr(mc, key, {**getattr(mc, key), **getattr(m, key)})
+        if m.use_flow_expert:
+            mc.use_flow_expert = True
     if stats is not None:
         mc.action_stats = _action_stats(stats)
     return mc
@@ -68,6 +71,8 @@ def build_model(cfg: TrainConfig, stats: dict):
     if m.init_from or m.extra.get("components"):
         model, loaded = (load_policy(m.init_from) if m.init_from else
                          load_components(**dict(m.extra["components"]), **m.preset_overrides()))
+        if m.init_from and m.use_flow_expert and model.expert is None:
+            model.add_flow_expert()  # seeded like a fresh model's: the caller seeds before building
         _fit_config(model.config, cfg, stats)
         tokenizer = loaded.tokenizer
     else:
