@@ -61,12 +61,14 @@ def test_overfit_one_demo_reproduces_its_actions(tmp_path):
     got = replay_with_policy(ModelPolicy(tmp_path / "run", mode="tokens"), "close", 0, demo)
     assert torch.is_grad_enabled(), "loading a policy must not switch autograd off for the whole process"
     err = np.abs(got - demo).max(axis=1)  # per step, worst of the 13 dimensions
-    # Measured on a memorised model (docs/results.md): median 0.004 (half an action bin), mean 0.08,
-    # gripper command right on 98% of steps. The same actions compared with the demo shifted by one
-    # step (what an off-by-one between observations and labels would teach) err 0.14-0.15 on average.
+    # Measured on memorised models (docs/results.md): median 0.004 (half an action bin), gripper
+    # command right on 97-98% of steps; against the demo shifted by one step (what an off-by-one
+    # between observations and labels would teach) the median is 0.024-0.026. Medians, not means:
+    # a memorised model may slip for a few steps at the expert's switches (errors up to 0.4 there),
+    # which moved the mean from 0.08 to 0.12 between two machines with the same code.
     assert np.median(err) < 0.02, np.round(err, 3)
-    shifted = min(np.abs(got[:-1] - demo[1:]).max(1).mean(), np.abs(got[1:] - demo[:-1]).max(1).mean())
-    assert err.mean() < 0.7 * shifted, (err.mean(), shifted)
+    shifted = min(np.median(np.abs(got[:-1] - demo[1:]).max(1)), np.median(np.abs(got[1:] - demo[:-1]).max(1)))
+    assert np.median(err) < 0.5 * shifted, (np.median(err), shifted)
     assert np.mean(np.sign(got[:, 7]) == np.sign(demo[:, 7])) >= 0.95
 
 
