@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -104,6 +105,24 @@ def test_pending_cells_run_seed_by_seed(tmp_path):
                               seeds=(3, 1)), dataset=str(tmp_path))
     order = [(c.row.name, c.seed) for cells in pending_groups(study, tmp_path / "out", False).values() for c in cells]
     assert order == [("a", 3), ("b", 3), ("a", 1), ("b", 1)]
+
+
+def test_parallel_groups_get_the_cpus_they_ask_for(tmp_path):
+    """An evaluation on 2 workers beside a training on 1 is 3 logical CPUs: a private Ray sized to
+    a 2-core machine would leave the training unplaced until Ray Train gives up."""
+    import yaml
+
+    from sgvla.study.run import private_cpus
+
+    path = _study(tmp_path, [{"name": "a", "config": str(TINY), "set": ["train.cpus_per_worker=1.5"]}])
+    doc = yaml.safe_load(path.read_text())
+    doc["eval"]["workers"] = 2
+    path.write_text(yaml.safe_dump(doc))
+    study = load_study(path, dataset=str(tmp_path))
+    assert private_cpus(study, 1) == max(os.cpu_count() or 1, 2)
+    assert private_cpus(study, 3) == max(os.cpu_count() or 1, 6)
+    study.train_workers = 2
+    assert private_cpus(study, 3) == max(os.cpu_count() or 1, 9)
 
 
 @pytest.mark.slow

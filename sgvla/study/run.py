@@ -158,7 +158,7 @@ def _run_groups(study: Study, out: Path, groups: dict[str, list[Cell]], parallel
 
     from sgvla.study.report import write_report
 
-    session = RaySession(ray_address, num_cpus=os.cpu_count() or 1).start()
+    session = RaySession(ray_address, num_cpus=private_cpus(study, parallel)).start()
     try:
         address = ray.get_runtime_context().gcs_address
         task = ray.remote(num_cpus=0, max_retries=0)(run_group)
@@ -184,6 +184,20 @@ def _run_groups(study: Study, out: Path, groups: dict[str, list[Cell]], parallel
                 write_report(study, out, echo=False)  # the tables so far, in case the study is stopped
     finally:
         session.close()
+
+
+def private_cpus(study: Study, parallel: int) -> float:
+    """Logical CPUs of the study's own Ray instance: enough for `parallel` groups at once.
+
+    A group needs its training's or its evaluation's workers, whichever is more; sized to the
+    machine alone, two groups of a 2-core machine (an evaluation on 2 workers beside a training)
+    would leave one waiting for CPUs until Ray Train gives up. Asking for --parallel is asking to
+    share the cores."""
+    from sgvla.train.config import load_config
+
+    train = max(load_config(r.config, list(r.overrides)).train.cpus_per_worker for r in study.rows)
+    need = max(study.eval_workers, study.train_workers * train)
+    return max(float(os.cpu_count() or 1), parallel * need)
 
 
 def _record(out: Path, cell: Cell, outcome: dict) -> None:
