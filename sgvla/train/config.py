@@ -124,7 +124,7 @@ class TrainSection:
     export_every: int = 0
     #: Worker-group restarts Ray Train allows after a failure (each resumes from the latest checkpoint).
     max_failures: int = 2
-    #: CPUs Ray reserves per training worker.
+    #: CPUs Ray reserves per training worker; on a CPU worker also its torch threads.
     cpus_per_worker: float = 1.0
     #: Weights & Biases project the metrics are mirrored to ("" = off; needs `pip install wandb`).
     #: Rank 0 logs through Ray's W&B integration; a resumed run continues the same W&B run.
