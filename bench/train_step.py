@@ -7,8 +7,9 @@ gradient accumulation and Adam, and count only steady-state steps (after `--warm
 * ray x1: `sgvla train` (run_train) with 1 worker;
 * ray x2: the same global batch over 2 workers (DDP over gloo).
 
-Every process computes with one thread (a Ray worker with train.cpus_per_worker=1 gets
-OMP_NUM_THREADS=1), so "2 workers vs 1" is two processes against one on the same cores.
+Every process computes with one thread (the worker sets torch's threads to
+train.cpus_per_worker=1; Ray Train alone leaves torch's pool spanning the machine), so "2 workers
+vs 1" is two processes against one on the same cores.
 
 Samples/s of the Ray runs come from the timestamps of their metrics.jsonl records, so they include
 everything the trainer does per step (metrics reduction, logging, progress bar), but not Ray's
@@ -52,7 +53,7 @@ def bare_loop(args, dataset: Path) -> float:
     from sgvla.train.preflight import inspect_dataset
 
     cfg = load_config(TINY, overrides(args, 1))
-    torch.set_num_threads(1)  # as a Ray Train worker with train.cpus_per_worker=1 (OMP_NUM_THREADS=1)
+    torch.set_num_threads(1)  # as a Ray Train worker with train.cpus_per_worker=1
     info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, modelops.model_config(cfg)))
     torch.manual_seed(0)
     model, processor = modelops.build_model(cfg, info["stats"])
