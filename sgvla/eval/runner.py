@@ -46,6 +46,8 @@ class EvalWorker:
         self.task, self.out, self.video, self.obs_mode = task, Path(out), video, obs_mode
         self.max_steps = max_steps
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
+        if device == "cpu":
+            torch.set_num_threads(1)  # the actor's one CPU: torch's own pool would span the machine
         self.policy = make_policy(model, mode, device, token_decoding)
         self.envs: dict[str, list] = {}
 
