@@ -73,8 +73,13 @@ def test_overfit_one_demo_reproduces_its_actions(tmp_path):
 
 
 def test_noisy_demos_keep_expert_labels_through_gen(tmp_path):
-    _sgvla("demos", "--subtask", "open", "--episodes", "1", "--repeats", "2", "--noise", "0.2", "--out", "demos",
-           cwd=tmp_path)
+    """In-process, without Ray: `sgvla gen` runs this same replay (tests/test_gen_e2e.py runs the CLI)."""
+    from sgvla.datagen.plan import build_plan
+    from sgvla.datagen.replay import Replayer
+    from sgvla.datagen.sources import read_demo_file
+    from sgvla.envs.demos import generate_demos
+
+    generate_demos(subtask="open", episodes=1, repeats=2, noise=0.2, out=tmp_path / "demos", progress=False)
     with h5py.File(tmp_path / "demos" / "open.h5") as h5:
         trajs = sorted(h5, key=lambda k: int(k.split("_")[1]))
         assert len(trajs) == 2
@@ -83,9 +88,13 @@ def test_noisy_demos_keep_expert_labels_through_gen(tmp_path):
     assert np.array_equal(executed[0], labels[0])  # repeat 0: the clean demonstration
     assert np.abs(executed[1][:, :7] - labels[1][:, :7]).max() > 0.05  # arm perturbed ...
     assert np.array_equal(executed[1][:, 7:], labels[1][:, 7:])  # ... gripper, body and base not
-    _sgvla("gen", "--task", "mini_kitchen", "--subtask", "open", "--demos", "demos", "--out", "ds",
-           "--workers", "1", cwd=tmp_path)
-    from datasets import load_dataset
-
-    ds = load_dataset(str(tmp_path / "ds"), "mini_kitchen", split="train")
-    assert np.allclose(np.asarray(ds["action"], dtype=np.float32), np.concatenate(labels), atol=0)
+    demo = read_demo_file(tmp_path / "demos" / "open.h5")
+    (shard,) = build_plan("mini_kitchen", "train", {"open": [demo]}, 2, 2)
+    replayer = Replayer("mini_kitchen")
+    try:
+        results = replayer.replay(demo, list(shard.episodes))
+    finally:
+        replayer.close()
+    assert [r.status for r in results] == ["kept", "kept"]
+    for r, want in zip(results, labels, strict=True):  # the noisy episode replays its executed actions
+        assert np.array_equal(np.asarray(r.rows["action"], dtype=np.float32), want)
