@@ -24,25 +24,25 @@ def _module_ray(ray_cluster):
 def test_expert_succeeds_random_fails_and_reruns_repeat(tmp_path):
     import ray
 
-    expert = run_eval("expert", "mini_kitchen", "pick", episodes=5, out=tmp_path / "expert", workers=2)
+    expert = run_eval("expert", "mini_kitchen", "pick", episodes=4, out=tmp_path / "expert", workers=2)
     assert ray.is_initialized(), "eval must leave running a Ray it did not start"
     rate = expert["aggregate"]["per_subtask"]["pick"]["success_rate"]
-    assert rate >= 0.8, expert["episodes"]
+    assert rate >= 0.75, expert["episodes"]
     # A success implies the effect held at that step; partial progress is reported per subtask.
     assert all(e["effect_once"] for e in expert["episodes"] if e["success"])
     assert expert["aggregate"]["per_subtask"]["pick"]["effect_rate"] >= rate
-    again = run_eval("expert", "mini_kitchen", "pick", episodes=5, out=tmp_path / "again", workers=2)
+    again = run_eval("expert", "mini_kitchen", "pick", episodes=4, out=tmp_path / "again", workers=2)
     # Same seeds, same outcomes. (Step counts may differ by a step: PhysX keeps solver state across
     # resets of a reused scene, and which worker replays which seed depends on scheduling.)
     assert [(e["seed"], e["success"]) for e in again["episodes"]] == \
         [(e["seed"], e["success"]) for e in expert["episodes"]]
 
-    rand = run_eval("random", "mini_kitchen", "pick", episodes=5, out=tmp_path / "random", workers=2, max_steps=60)
-    assert rand["aggregate"]["per_subtask"]["pick"]["success_rate"] <= 0.1
+    rand = run_eval("random", "mini_kitchen", "pick", episodes=4, out=tmp_path / "random", workers=2, max_steps=60)
+    assert rand["aggregate"]["per_subtask"]["pick"]["success_rate"] == 0
     assert all(e["failure"] for e in rand["episodes"])
 
     saved = json.loads((tmp_path / "expert" / "results.json").read_text())
-    val = list(range(SPLIT_SIZE, SPLIT_SIZE + 5))  # held-out episodes by default
+    val = list(range(SPLIT_SIZE, SPLIT_SIZE + 4))  # held-out episodes by default
     assert saved["split"] == "val" and saved["seeds"] == val and [e["seed"] for e in saved["episodes"]] == val
     table = (tmp_path / "expert" / "results.md").read_text()
     assert "| Pick | Place | Open | Close | Avg. |" in table and f"val episodes (reset seeds {val[0]}.." in table
