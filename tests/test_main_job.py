@@ -17,10 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_readme_main_job_runs_end_to_end(tmp_path):
     # One expert attempt per subtask (the expert succeeds at train episode 0 of all four; the
     # dataset assertion below names a subtask that goes missing); tests/test_gen_e2e.py covers
-    # several episodes per shard.
+    # several episodes per shard. Four steps per stage: tests/test_train_ray.py covers training.
     out = tmp_path / "demo"
     env = dict(os.environ, SGVLA_DEMO_OUT=str(out), SGVLA_DEMO_EPISODES="1", SGVLA_EVAL_EPISODES="1",
-               SGVLA_EVAL_MAX_STEPS="20", PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
+               SGVLA_EVAL_MAX_STEPS="20",
+               SGVLA_TRAIN_SET="stage1.max_steps=4 stage2.max_steps=4 stage3.max_steps=4",
+               PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
     res = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
 
