@@ -72,7 +72,7 @@ def test_overfit_one_demo_reproduces_its_actions(tmp_path):
     assert np.mean(np.sign(got[:, 7]) == np.sign(demo[:, 7])) >= 0.95
 
 
-def test_noisy_demos_keep_expert_labels_through_gen(tmp_path):
+def test_noisy_demos_keep_expert_labels_in_the_rows_gen_writes(tmp_path):
     """In-process, without Ray: `sgvla gen` runs this same replay (tests/test_gen_e2e.py runs the CLI)."""
     from sgvla.datagen.plan import build_plan
     from sgvla.datagen.replay import Replayer
