@@ -15,6 +15,9 @@ from sgvla.tasks import EXPERT_ACTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+#: Steps of the close demo before the scripted expert's first switch, where a memorised policy's
+#: closed loop must stay on the demo's path.
+SMOOTH_STEPS = 30
 
 
 def _sgvla(*args: str, cwd: Path) -> str:
@@ -24,27 +27,42 @@ def _sgvla(*args: str, cwd: Path) -> str:
     return res.stdout
 
 
-def replay_with_policy(policy, subtask: str, seed: int, actions: np.ndarray) -> np.ndarray:
+def _joints(env) -> np.ndarray:
+    return env.unwrapped.agent.robot.get_qpos()[0].cpu().numpy()
+
+
+def replay_with_policy(policy, subtask: str, seed: int, actions: np.ndarray,
+                       closed_loop_steps: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step the demo's own actions from its seed and ask `policy` at every state, through the same
-    observation path as `sgvla eval`; returns the policy's (T, 13) actions."""
+    observation path as `sgvla eval`; then, from the same seed again, let `policy` drive for
+    `closed_loop_steps`. Returns the policy's (T, 13) actions on the demo's states, the demo's
+    joints after each step (T, 15) and the closed loop's (closed_loop_steps, 15)."""
     from sgvla.envs import make_env
 
     env = make_env("mini_kitchen", subtask, obs_mode="rgb+depth")
     try:
         obs, _ = env.reset(seed=seed)
         policy.reset(env, subtask, seed)
-        out = []
+        out, demo_joints = [], []
         for a in actions:
             out.append(policy.act(env, obs))
             obs, *_ = env.step(a)
-        return np.stack(out)
+            demo_joints.append(_joints(env))
+        obs, _ = env.reset(seed=seed)
+        policy.reset(env, subtask, seed)
+        own_joints = []
+        for _ in range(closed_loop_steps):
+            obs, *_ = env.step(policy.act(env, obs))
+            own_joints.append(_joints(env))
+        return np.stack(out), np.stack(demo_joints), np.array(own_joints).reshape(closed_loop_steps, -1)
     finally:
         env.close()
 
 
 def test_overfit_one_demo_reproduces_its_actions(tmp_path):
     """Memorise one close demo (train episode 0), then query the policy on that episode's states as
-    `sgvla eval` renders them: it must give the recorded actions. A mismatch anywhere between
+    `sgvla eval` renders them: it must give the recorded actions, and left to drive from that seed
+    it must follow the demo's path up to the expert's first switch. A mismatch anywhere between
     recording, dataset, training and evaluation (units, order, alignment, normalisation, prompt)
     shows here as wrong actions on most steps."""
     from sgvla.eval.policies import ModelPolicy
@@ -58,7 +76,8 @@ def test_overfit_one_demo_reproduces_its_actions(tmp_path):
         demo = h5["traj_0"]["actions"][()]
     import torch
 
-    got = replay_with_policy(ModelPolicy(tmp_path / "run", mode="tokens"), "close", 0, demo)
+    got, demo_joints, own_joints = replay_with_policy(ModelPolicy(tmp_path / "run", mode="tokens"), "close", 0, demo,
+                                                      closed_loop_steps=SMOOTH_STEPS)
     assert torch.is_grad_enabled(), "loading a policy must not switch autograd off for the whole process"
     err = np.abs(got - demo).max(axis=1)  # per step, worst of the 13 dimensions
     # Measured on memorised models (docs/results.md): median 0.004 (half an action bin), gripper
@@ -70,6 +89,12 @@ def test_overfit_one_demo_reproduces_its_actions(tmp_path):
     shifted = min(np.median(np.abs(got[:-1] - demo[1:]).max(1)), np.median(np.abs(got[1:] - demo[:-1]).max(1)))
     assert np.median(err) < 0.5 * shifted, (np.median(err), shifted)
     assert np.mean(np.sign(got[:, 7]) == np.sign(demo[:, 7])) >= 0.95
+    # Closed loop: the policy's own actions, stepped, keep it on the demo's path through the smooth
+    # approach before the expert's first switch (step 35 of this demo). Measured on three training
+    # seeds: worst joint 0.005 rad off at step 30, first off by 0.01 at step 37-46; a weaker
+    # memoriser (700 steps; batch 8) leaves by step 6 / 20. Success is not asserted (section 1).
+    drift = np.abs(own_joints - demo_joints[:SMOOTH_STEPS]).max(axis=1)
+    assert drift.max() < 0.01, np.round(drift, 4)
 
 
 def test_noisy_demos_keep_expert_labels_in_the_rows_gen_writes(tmp_path):
