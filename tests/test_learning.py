@@ -1,5 +1,6 @@
-"""Learning, end to end: a policy trained by sgvla reproduces a demonstration closed-loop, and the
-noise-injected demos carry the expert's labels into the dataset."""
+"""Learning, end to end: a policy trained by sgvla reproduces a demonstration (on the demo's states,
+and closed loop up to the expert's first switch), and the noise-injected demos carry the expert's
+labels into the dataset."""
 
 from __future__ import annotations
 
