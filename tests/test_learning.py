@@ -33,7 +33,7 @@ def _joints(env) -> np.ndarray:
 
 
 def replay_with_policy(policy, subtask: str, seed: int, actions: np.ndarray,
-                       closed_loop_steps: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       closed_loop_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step the demo's own actions from its seed and ask `policy` at every state, through the same
     observation path as `sgvla eval`; then, from the same seed again, let `policy` drive for
     `closed_loop_steps`. Returns the policy's (T, 13) actions on the demo's states, the demo's
@@ -55,7 +55,7 @@ def replay_with_policy(policy, subtask: str, seed: int, actions: np.ndarray,
         for _ in range(closed_loop_steps):
             obs, *_ = env.step(policy.act(env, obs))
             own_joints.append(_joints(env))
-        return np.stack(out), np.stack(demo_joints), np.array(own_joints).reshape(closed_loop_steps, -1)
+        return np.stack(out), np.stack(demo_joints), np.stack(own_joints)
     finally:
         env.close()
 
