@@ -322,6 +322,8 @@ def eval_(
                                                "model's config."),
     batch_envs: int = typer.Option(1, help="Envs per worker run in lockstep, their model queries batched "
                                            "into one call per step (for GPUs; same episodes)."),
+    noise_seed: int = typer.Option(0, help="Flow mode: which draw of the flow noise (0 = the default, seeded by "
+                                           "each episode's seed; 1, 2, ... = other draws of the same episodes)."),
     job: Path | None = job_file_option(),
     set_: list[str] = set_option(),
 ) -> None:
@@ -339,7 +341,8 @@ def eval_(
 
     run_eval(model=model, task=task, subtask=subtask, episodes=episodes, out=out, mode=mode, seed=seed,
              split=split, workers=workers, ray_address=ray_address, video=video, max_steps=max_steps,
-             gpus_per_worker=gpus_per_worker, token_decoding=token_decoding, batch_envs=batch_envs)
+             gpus_per_worker=gpus_per_worker, token_decoding=token_decoding, batch_envs=batch_envs,
+             noise_seed=noise_seed)
 
 
 @command("serve")

@@ -77,9 +77,11 @@ def test_blind_replay_reproduces_its_own_episode_and_names_missing_demos(tmp_pat
 @pytest.mark.parametrize("mode", ["tokens", "flow"])
 def test_tiny_model_runs_end_to_end(tiny_checkpoint, tmp_path, mode):
     decoding = "expected" if mode == "tokens" else None  # reaches the policy in the worker (tokens only)
+    draw = 3 if mode == "flow" else 0
     res = run_eval(str(tiny_checkpoint), "mini_kitchen", "pick", episodes=1, out=tmp_path, mode=mode,
-                   workers=1, max_steps=12, video=True, token_decoding=decoding)
-    assert res["token_decoding"] == decoding
+                   workers=1, max_steps=12, video=True, token_decoding=decoding, noise_seed=draw)
+    assert res["token_decoding"] == decoding and res["noise_seed"] == draw
+    assert ("flow-noise draw 3" in (tmp_path / "results.md").read_text()) == (mode == "flow")
     (ep,) = res["episodes"]
     assert ep["steps"] == 12 and ep["success"] is False
     assert res["views"] == ["head_rgb", "hand_rgb", "head_depth"]
@@ -156,6 +158,26 @@ def test_lockstep_episodes_match_one_env_at_a_time(tiny_checkpoint, mode, monkey
         np.testing.assert_allclose(np.stack(env.actions), np.stack(actions), rtol=0, atol=1e-5)
 
 
+def test_noise_seed_draws_other_flow_noise_for_the_same_episode(tiny_checkpoint):
+    """Draw 0 is the episode's own seed (reruns repeat); another draw changes the flow actions of the
+    same episode and repeats too; token actions do not depend on it."""
+    from sgvla.eval.policies import ModelPolicy
+    from sgvla.eval.rollout import run_episode
+
+    def actions(mode: str, draw: int) -> np.ndarray:
+        env = _ScriptedEnv()
+        run_episode(env, ModelPolicy(str(tiny_checkpoint), mode=mode, noise_seed=draw), "pick", 12, 4)
+        return np.stack(env.actions)
+
+    default = actions("flow", 0)
+    np.testing.assert_array_equal(default, actions("flow", 0))
+    other = actions("flow", 1)
+    assert np.abs(other - default).max() > 1e-3
+    np.testing.assert_array_equal(other, actions("flow", 1))
+    assert not np.array_equal(actions("flow", 2), other)
+    np.testing.assert_array_equal(actions("tokens", 0), actions("tokens", 5))
+
+
 def test_batched_envs_give_the_episodes_of_one_env_at_a_time(tiny_checkpoint, tmp_path):
     """--batch-envs 2 in the simulator: two envs per worker stepped in lockstep, one model call per
     step; every episode (the chunk of two and the one left over) is the one it is when run alone,
@@ -189,6 +211,8 @@ def test_bad_input_fails_before_rollouts(tmp_path):
         (["--model", "expert", "--split", "test"], "--split"),
         (["--model", "expert", "--token-decoding", "beam"], "--token-decoding"),
         (["--model", "expert", "--token-decoding", "expected"], "applies to a model loaded here"),
+        (["--model", "expert", "--noise-seed", "-1"], "--noise-seed must be 0 or more"),
+        (["--model", "random", "--noise-seed", "2"], "--noise-seed applies to a model loaded here"),
         (["--model", "expert", "--batch-envs", "0"], "--batch-envs must be at least 1"),
         (["--model", "random", "--batch-envs", "2"], "--batch-envs 2 batches the queries of a model loaded here"),
         (["--policy-server", "ws://127.0.0.1:9", "--batch-envs", "2"], "--model ws://127.0.0.1:9 has none"),

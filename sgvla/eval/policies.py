@@ -29,6 +29,15 @@ def is_server(spec: str) -> bool:
     return spec.startswith(SERVER_PREFIXES)
 
 
+def noise_generator_seed(episode_seed: int, noise_seed: int = 0) -> int:
+    """Seed of an episode's flow-noise generator. Draw 0 is the episode's reset seed itself, so a rerun
+    repeats its rollouts; another draw gives the same episode other noise, which is how to tell a
+    flow policy's success at an episode from a lucky sample (docs/results.md, section 1)."""
+    if noise_seed == 0:
+        return episode_seed
+    return int(np.random.SeedSequence([episode_seed, noise_seed]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def is_reference(spec: str) -> bool:
     """Whether `--model` names a reference policy rather than a checkpoint."""
     return spec in REFERENCE_POLICIES or spec.startswith(REPLAY_PREFIX)
@@ -148,9 +157,11 @@ class ModelPolicy:
     all the envs whose action queue ran dry.
     """
 
-    def __init__(self, path: str | Path, mode: str = "auto", device: str = "cpu", token_decoding: str | None = None):
+    def __init__(self, path: str | Path, mode: str = "auto", device: str = "cpu", token_decoding: str | None = None,
+                 noise_seed: int = 0):
         model, self.processor = load_policy_model(path)
         self.token_decoding = token_decoding  # None: the model's own (config.token_decoding)
+        self.noise_seed = noise_seed  # which draw of the flow noise (see noise_generator_seed)
         self.model = model.to(device)
         self.views, self.n_history = list(self.model.config.views), int(self.model.config.history)
         self.mode = mode
@@ -162,7 +173,8 @@ class ModelPolicy:
         import torch
 
         instruction, _ = episode_text(env, subtask)  # the prompt it was trained with
-        return EpisodeState(subtask, instruction, torch.Generator().manual_seed(seed),
+        generator = torch.Generator().manual_seed(noise_generator_seed(seed, self.noise_seed))
+        return EpisodeState(subtask, instruction, generator,
                             deque(maxlen=self.n_history + 1))
 
     def reset(self, env, subtask: str, seed: int) -> None:
@@ -246,7 +258,7 @@ class RemotePolicy(ModelPolicy):
     def __init__(self, url: str, mode: str = "auto"):
         self.server = ServerConnection(url)
         self.views, self.n_history = list(self.server.meta["views"]), int(self.server.meta["history"])
-        self.mode, self.name, self.device = mode, url, "cpu"
+        self.mode, self.name, self.device, self.noise_seed = mode, url, "cpu", 0
 
     def _predict(self, episodes: list[EpisodeState]) -> list[list[np.ndarray]]:
         """One query per episode (the server answers one observation at a time)."""
@@ -294,9 +306,9 @@ def load_policy_model(path: str | Path):
     return model.eval(), processor
 
 
-def make_policy(spec: str, mode: str, device: str = "cpu", token_decoding: str | None = None):
+def make_policy(spec: str, mode: str, device: str = "cpu", token_decoding: str | None = None, noise_seed: int = 0):
     """`expert`, `random`, `replay:DEMOS`, `ws://HOST:PORT` (a served model), or a path to a
-    checkpoint / training run folder (`token_decoding` applies to these only)."""
+    checkpoint / training run folder (`token_decoding` and `noise_seed` apply to these only)."""
     if is_server(spec):
         return RemotePolicy(spec, mode=mode)
     if spec == "expert":
@@ -305,4 +317,4 @@ def make_policy(spec: str, mode: str, device: str = "cpu", token_decoding: str |
         return RandomPolicy()
     if spec.startswith(REPLAY_PREFIX):
         return ReplayPolicy(spec[len(REPLAY_PREFIX):])
-    return ModelPolicy(spec, mode=mode, device=device, token_decoding=token_decoding)
+    return ModelPolicy(spec, mode=mode, device=device, token_decoding=token_decoding, noise_seed=noise_seed)

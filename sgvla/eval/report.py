@@ -83,6 +83,8 @@ def markdown_table(results: dict) -> str:
     n = ", ".join(f"{s}: {per[s]['episodes']}" for s in per)
     seeds = results.get("seeds") or [0]
     where = f", {results.get('split', '?')} episodes (reset seeds {seeds[0]}..{seeds[-1]})"
+    if results.get("noise_seed"):
+        where += f", flow-noise draw {results['noise_seed']}"
     lines = [head, sep, row, "", f"Success rates over episodes per subtask ({n}), mode "
              f"`{results['mode']}`{where}."]
     effect = {s: per[s]["effect_rate"] for s in per if "effect_rate" in per[s]}

@@ -38,7 +38,8 @@ class EvalWorker:
     episodes on request."""
 
     def __init__(self, task: str, model: str, mode: str, out: str, video: bool, obs_mode: str,
-                 max_steps: int | None = None, use_gpu: bool = False, token_decoding: str | None = None):
+                 max_steps: int | None = None, use_gpu: bool = False, token_decoding: str | None = None,
+                 noise_seed: int = 0):
         import torch
 
         from sgvla.eval.policies import make_policy
@@ -48,7 +49,7 @@ class EvalWorker:
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
         if device == "cpu":
             torch.set_num_threads(1)  # the actor's one CPU: torch's own pool would span the machine
-        self.policy = make_policy(model, mode, device, token_decoding)
+        self.policy = make_policy(model, mode, device, token_decoding, noise_seed)
         self.envs: dict[str, list] = {}
 
     def _envs(self, subtask: str, n: int) -> list:
@@ -122,6 +123,15 @@ def _check_token_decoding(model: str, token_decoding: str | None) -> None:
     if is_reference(model) or is_server(model):
         raise SgvlaError(f"--token-decoding applies to a model loaded here, not to --model {model} (a served "
                          "model decodes as its config says)")
+
+
+def _check_noise_seed(model: str, noise_seed: int) -> None:
+    """--noise-seed picks the flow-noise draw of a model loaded here; 0 is the default draw."""
+    if noise_seed < 0:
+        raise SgvlaError(f"--noise-seed must be 0 or more (got {noise_seed})")
+    if noise_seed and (is_reference(model) or is_server(model)):
+        raise SgvlaError(f"--noise-seed applies to a model loaded here, not to --model {model} (a served model "
+                         "draws its own noise; the references draw none)")
 
 
 def _check_batch_envs(model: str, batch_envs: int) -> None:
@@ -221,12 +231,13 @@ def episode_seeds(task: str, split: str, seed: int, episodes: int) -> list[int]:
 def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode: str = "auto", seed: int = 0,
              workers: int = 0, ray_address: str | None = None, video: bool = False,
              max_steps: int | None = None, split: str = "val", gpus_per_worker: float = 0.0,
-             token_decoding: str | None = None, batch_envs: int = 1) -> dict:
+             token_decoding: str | None = None, batch_envs: int = 1, noise_seed: int = 0) -> dict:
     """Evaluate `model` on `episodes` episodes of each subtask; write results.json/results.md into `out`.
 
     `split` is "val" unless you mean to measure on training episodes; `max_steps` shortens the env's
     horizon (quick checks only: success rates are then not comparable); `batch_envs` envs per worker
-    share one batched model call per step (the same episodes up to float rounding: see the module doc).
+    share one batched model call per step (the same episodes up to float rounding: see the module doc);
+    `noise_seed` > 0 gives flow mode another draw of its noise on the same episodes.
     """
     out = Path(out)
     subs = _check_inputs(model, task, subtask, episodes, out, mode, workers)
@@ -241,11 +252,12 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
     if gpus_per_worker < 0:
         raise SgvlaError(f"--gpus-per-worker must be 0 or more (got {gpus_per_worker})")
     _check_token_decoding(model, token_decoding)
+    _check_noise_seed(model, noise_seed)
     session = RaySession(ray_address, num_cpus=max(n_workers, 1)).start()
     try:
         n_workers = _gpu_workers(gpus_per_worker, n_workers)
         args = (task, model, mode, str(out.resolve()), video, obs_mode, max_steps, gpus_per_worker > 0,
-                token_decoding)
+                token_decoding, noise_seed)
         records = _run_jobs(jobs, n_workers, args, f"eval {model} on {task}", gpus_per_worker)
     finally:
         session.close()
@@ -254,8 +266,8 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
                          "written")
     records.sort(key=lambda r: (subs.index(r["subtask"]), r["seed"]))
     results = {"model": model, "task": task, "mode": "reference" if is_reference(model) else mode,
-               "token_decoding": token_decoding, "split": split, "seed": seed, "seeds": seeds, "views": views,
-               "max_steps": max_steps, "batch_envs": batch_envs,
+               "token_decoding": token_decoding, "noise_seed": noise_seed, "split": split, "seed": seed,
+               "seeds": seeds, "views": views, "max_steps": max_steps, "batch_envs": batch_envs,
                "episodes": records, "aggregate": aggregate(records)}
     json_path, md_path = write_results(out, results)
     print(markdown_table(results))
