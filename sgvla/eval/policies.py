@@ -174,8 +174,7 @@ class ModelPolicy:
 
         instruction, _ = episode_text(env, subtask)  # the prompt it was trained with
         generator = torch.Generator().manual_seed(noise_generator_seed(seed, self.noise_seed))
-        return EpisodeState(subtask, instruction, generator,
-                            deque(maxlen=self.n_history + 1))
+        return EpisodeState(subtask, instruction, generator, deque(maxlen=self.n_history + 1))
 
     def reset(self, env, subtask: str, seed: int) -> None:
         self.episode = self.start(env, subtask, seed)
