@@ -145,12 +145,14 @@ def demos(
     noise: float = typer.Option(0.0, help="Std of Gaussian noise on the executed arm actions (labels stay "
                                           "the expert's: DART-style recovery data); 0 = none."),
     repeats: int = typer.Option(1, help="Record each episode this many times: clean, then with --noise."),
+    images: bool = typer.Option(False, help="Also store the head/hand RGB-D frames (MS-HAB's full layout); "
+                                            "`sgvla gen` renders its own, so they only cost time (about 5x)."),
 ) -> None:
     """Generate scripted expert demonstrations on the built-in scene (ManiSkill trajectory files)."""
     from sgvla.envs.demos import generate_demos
 
     generate_demos(task=task, subtask=subtask, episodes=episodes, out=out, seed=seed, split=split, noise=noise,
-                   repeats=repeats)
+                   repeats=repeats, images=images)
 
 
 @command("gen")

@@ -66,8 +66,9 @@ def test_missing_rendering_driver_names_the_fix(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
-def _check_layout(h5_path: Path, n_episodes: int) -> None:
-    """MS-HAB's published layout, plus env_states; only successful episodes."""
+def _check_layout(h5_path: Path, n_episodes: int, images: bool) -> None:
+    """MS-HAB's published layout (camera frames only with --images), plus env_states; only
+    successful episodes."""
     meta = json.loads(h5_path.with_suffix(".json").read_text())
     assert meta["env_info"]["env_id"].startswith("MiniKitchen")
     assert meta["env_info"]["env_kwargs"]["control_mode"] == "pd_joint_delta_pos"
@@ -85,7 +86,8 @@ def _check_layout(h5_path: Path, n_episodes: int) -> None:
             assert tr["obs/extra/obj_pose_wrt_base"].shape == (t + 1, 7)
             assert tr["obs/extra/goal_pos_wrt_base"].shape == (t + 1, 3)
             assert tr["obs/extra/is_grasped"].shape == (t + 1,)
-            for cam in ("fetch_head", "fetch_hand"):
+            assert ("sensor_data" in tr["obs"]) == images
+            for cam in ("fetch_head", "fetch_hand") if images else ():
                 assert tr[f"obs/sensor_data/{cam}/rgb"].shape == (t + 1, 128, 128, 3)
                 assert tr[f"obs/sensor_data/{cam}/depth"].shape == (t + 1, 128, 128, 1)
                 assert tr[f"obs/sensor_param/{cam}/intrinsic_cv"].shape == (t + 1, 3, 3)
@@ -107,13 +109,14 @@ def _replay(h5_path: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("subtask", "n"), [("pick", 2), ("open", 1)])
-def test_expert_demos_load_and_replay(tmp_path, subtask, n):
+@pytest.mark.parametrize(("subtask", "n", "images"), [("pick", 2, False), ("open", 1, True)])
+def test_expert_demos_load_and_replay(tmp_path, subtask, n, images):
     """An object subtask (two episodes back to back) and an articulation subtask."""
     out = tmp_path / "demos"
-    result = _demos("--subtask", subtask, "--episodes", str(n), "--out", str(out), "--seed", "7")
+    result = _demos("--subtask", subtask, "--episodes", str(n), "--out", str(out), "--seed", "7",
+                    "--images" if images else "--no-images")
     assert result.exit_code == 0, result.output
     assert f"{subtask}: expert success {n}/{n} = 100%" in result.output
     assert sorted(p.name for p in out.iterdir()) == [f"{subtask}.h5", f"{subtask}.json"]
-    _check_layout(out / f"{subtask}.h5", n)
+    _check_layout(out / f"{subtask}.h5", n, images)
     assert f"Replayed {n} episodes, {n}/{n}=100.00% demos saved" in _replay(out / f"{subtask}.h5")

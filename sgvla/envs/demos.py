@@ -1,10 +1,10 @@
 """`sgvla demos`: scripted expert demonstrations on mini_kitchen, as ManiSkill trajectory files.
 
 Files follow MS-HAB's published layout (`traj_N/obs/agent/qpos` 12-D, `obs/extra/...`,
-`obs/sensor_data/<cam>/{rgb,depth}`, `actions` (T, 13), `success`, `rewards`; JSON `env_info` and
-`episodes[i]` with `episode_seed` and `reset_kwargs`) plus `env_states`, because they are written
-by ManiSkill's own `RecordEpisode`: ManiSkill's `replay_trajectory` replays them unchanged. Only
-successful episodes are kept; the success rate is reported per subtask.
+`obs/sensor_data/<cam>/{rgb,depth}` with `images`, `actions` (T, 13), `success`, `rewards`; JSON
+`env_info` and `episodes[i]` with `episode_seed` and `reset_kwargs`) plus `env_states`, because they
+are written by ManiSkill's own `RecordEpisode`: ManiSkill's `replay_trajectory` replays them
+unchanged. Only successful episodes are kept; the success rate is reported per subtask.
 
 Noise injection (`noise` > 0, DART): the arm executes the expert's action plus Gaussian noise, while
 each step's label stays the expert's clean action for the state actually reached (stored as
@@ -27,6 +27,9 @@ from sgvla.tasks import BUILTIN_TASK, EXPERT_ACTIONS, split_seeds, subtasks_for
 
 #: MS-HAB's demos are recorded with obs_mode "rgbd" (RGB + depth, no segmentation).
 DEMO_OBS_MODE = "rgbd"
+#: Without images: proprioception and `extra` only, all `sgvla gen` reads from a demo (it renders
+#: every view itself). Rendering is most of the recording time.
+NO_IMAGES_OBS_MODE = "state_dict"
 SETTLE_STEPS = 5
 #: Action dimensions noise is added to: the 7 arm joints (gripper, body and base stay clean).
 NOISE_DIMS = slice(0, 7)
@@ -56,14 +59,17 @@ def check_demo_args(task: str, subtask: str, episodes: int, out: Path, seed: int
 
 
 def generate_demos(task: str = BUILTIN_TASK, subtask: str = "all", episodes: int = 20,
-                   out: Path = Path("outputs/demos"), seed: int = 0, obs_mode: str = DEMO_OBS_MODE,
+                   out: Path = Path("outputs/demos"), seed: int = 0, images: bool = False,
                    progress: bool = True, split: str = "train", noise: float = 0.0,
                    repeats: int = 1) -> dict[str, float]:
     """Record `episodes` expert attempts (episodes seed..seed+episodes-1 of `split`) per subtask
-    into `<out>/<subtask>.h5/.json`; returns the expert success rate per subtask."""
+    into `<out>/<subtask>.h5/.json`; returns the expert success rate per subtask. `images=True`
+    adds `obs/sensor_data` (MS-HAB's full layout), which `sgvla gen` never reads and which takes
+    most of the recording time."""
     subtasks, seeds = check_demo_args(task, subtask, episodes, out, seed, split, noise, repeats)
     attempts = [(s, r) for s in seeds for r in range(repeats)]
     out = Path(out)
+    obs_mode = DEMO_OBS_MODE if images else NO_IMAGES_OBS_MODE
     rates = {}
     for sub in subtasks:
         kept = record_subtask(sub, attempts, out, obs_mode, progress, noise)
