@@ -7,6 +7,12 @@ DataLoader workers ship the decoded bytes and nothing more. `raw_to_towers` turn
 towers' inputs (RGB / 255 or Eq. 1 depth, bicubic resize, normalisation): only the model calls it,
 on its own device, as LeRobot's pi0 does. Images are resized in torch (bicubic on float32), never
 through 8-bit PIL, which would quantise the depth encoding.
+
+Crops (`SGVLAConfig.crop_area` < 1, MiniVLA/OpenVLA's `image_aug` random resized crop): the towers
+see a square of that fraction of each view's area, at a random place per sample and camera in
+training and in the centre otherwise (as OpenVLA deploys a model trained with augmentation). One
+box per camera covers its RGB and depth views, every history frame and its target mask, so what
+the views show and what the mask decoder is asked for stay aligned.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sgvla.errors import SgvlaError
-from sgvla.vocab import view_kind
+from sgvla.vocab import view_camera, view_kind
 
 DINO_MEAN = (0.485, 0.456, 0.406)  # ImageNet, DINOv2
 DINO_STD = (0.229, 0.224, 0.225)
@@ -127,9 +133,53 @@ def unit_to_towers(unit: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
     return normalize_for_towers(resize(unit.float(), size))
 
 
-def raw_to_towers(pixels: Mapping[str, torch.Tensor], views: Sequence[str], size: int) -> dict[str, torch.Tensor]:
-    """Raw views (`raw_frames`, batched) -> the towers' inputs (B, T * V, 3, size, size), on their device."""
-    return unit_to_towers(raw_to_unit(pixels, views), size)
+def raw_to_towers(pixels: Mapping[str, torch.Tensor], views: Sequence[str], size: int,
+                  crops: CropBoxes | None = None) -> dict[str, torch.Tensor]:
+    """Raw views (`raw_frames`, batched) -> the towers' inputs (B, T * V, 3, size, size), on their
+    device; cropped to `crops` first when given."""
+    unit = raw_to_unit(pixels, views)
+    return unit_to_towers(unit if crops is None else crops.crop_views(unit, views), size)
+
+
+class CropBoxes:
+    """One square crop per (sample, camera): `corners` (B, cameras, 2) are the top-left (y, x) as
+    fractions of the view, `side` the square's side as a fraction (sqrt of the area kept)."""
+
+    def __init__(self, corners: torch.Tensor, cameras: Sequence[str], area: float):
+        self.corners, self.cameras, self.side = corners, tuple(cameras), area ** 0.5
+
+    @classmethod
+    def draw(cls, batch: int, cameras: Sequence[str], area: float, random: bool) -> CropBoxes:
+        """Uniform random places (training; torch's global RNG, which checkpoints save) or centres."""
+        room = 1.0 - area ** 0.5
+        shape = (batch, len(cameras), 2)
+        corners = torch.rand(shape) * room if random else torch.full(shape, room / 2)
+        return cls(corners, cameras, area)
+
+    def _slices(self, b: int, camera: str, h: int, w: int) -> tuple[slice, slice]:
+        ch, cw = max(1, round(h * self.side)), max(1, round(w * self.side))
+        y, x = self.corners[b, self.cameras.index(camera)].tolist()
+        y0, x0 = min(round(y * h), h - ch), min(round(x * w), w - cw)
+        return slice(y0, y0 + ch), slice(x0, x0 + cw)
+
+    def crop_views(self, unit: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
+        """(B, T * V, C, H, W) frame-major views -> (B, T * V, C, h, w), each view cut to its camera's box."""
+        h, w = unit.shape[-2:]
+        out = []
+        for b in range(unit.shape[0]):
+            planes = []
+            for j in range(unit.shape[1]):
+                ys, xs = self._slices(b, view_camera(views[j % len(views)]), h, w)
+                planes.append(unit[b, j, :, ys, xs])
+            out.append(torch.stack(planes))
+        return torch.stack(out)
+
+    def crop_mask(self, mask: torch.Tensor, camera: str) -> torch.Tensor:
+        """A camera's target masks (B, S, S) cut to its boxes and brought back to S x S (nearest)."""
+        s_h, s_w = mask.shape[-2:]
+        cut = [mask[b][self._slices(b, camera, s_h, s_w)] for b in range(mask.shape[0])]
+        resized = F.interpolate(torch.stack(cut).unsqueeze(1).float(), size=(s_h, s_w), mode="nearest")
+        return resized.squeeze(1).to(mask.dtype)
 
 
 def normalize_action(a: np.ndarray | torch.Tensor, q01, q99):

@@ -122,6 +122,8 @@ def test_config_rejects_bad_settings():
         SGVLAConfig.from_preset("tiny", subtask_modes={"pick": "diffusion"})
     with pytest.raises(SgvlaError, match="preset"):
         SGVLAConfig.from_preset("huge")
+    with pytest.raises(SgvlaError, match="crop_area"):
+        SGVLAConfig.from_preset("tiny", crop_area=1.5)
 
 
 # -- shapes -------------------------------------------------------------------------------------
@@ -738,3 +740,55 @@ def test_expected_token_decoding_weights_bin_centres_by_their_probabilities():
         model.predict_action(obs, text, mode="tokens", processor=p, token_decoding="beam")
     with pytest.raises(SgvlaError, match="token_decoding"):
         SGVLAConfig.from_preset("tiny", token_decoding="sampled")
+
+
+# -- crop augmentation ---------------------------------------------------------------------------
+
+def test_crops_cut_each_cameras_views_and_its_mask_to_one_box():
+    """A camera's RGB and depth views, all its history frames and its target mask are cut to the
+    same box (so the mask decoder is asked for what the views show); boxes differ per sample."""
+    from sgvla.transforms import CropBoxes, raw_to_unit
+
+    g = np.random.default_rng(0)
+    views = ["head_rgb", "head_depth", "hand_rgb"]
+    masks = {cam: torch.as_tensor(g.random((3, 128, 128)) > 0.5) for cam in ("head", "hand")}
+    # Each view shows its camera's mask: RGB 255 / depth 0 (bright) where it is set, 0 / 10 m elsewhere.
+    frames = {"head_rgb": masks["head"][:, None, :, :, None].expand(3, 2, 128, 128, 3).to(torch.uint8) * 255,
+              "head_depth": (~masks["head"])[:, None].expand(3, 2, 128, 128).to(torch.int32) * 10000,
+              "hand_rgb": masks["hand"][:, None, :, :, None].expand(3, 2, 128, 128, 3).to(torch.uint8) * 255}
+    torch.manual_seed(0)
+    crops = CropBoxes.draw(3, ("head", "hand"), 0.8, random=True)
+    assert len({tuple(c.tolist()) for c in crops.corners.flatten(1)}) == 3
+    cut = crops.crop_views(raw_to_unit(frames, views), views)  # (3, 2 frames * 3 views, 3, h, w)
+    assert cut.shape == (3, 6, 3, 114, 114)  # round(128 * sqrt(0.8))
+    for cam, idx in (("head", [0, 1, 3, 4]), ("hand", [2, 5])):
+        want = crops.crop_mask(masks[cam], cam)
+        assert want.shape == (3, 128, 128) and want.dtype == torch.bool
+        for j in idx:
+            seen = torch.nn.functional.interpolate(cut[:, j, :1], size=(128, 128), mode="nearest")[:, 0] > 0.5
+            assert torch.equal(seen, want), (cam, j)
+    assert not torch.equal(crops.crop_mask(masks["head"], "head"), masks["head"])
+
+
+def test_crop_area_draws_random_boxes_in_training_and_the_centre_otherwise():
+    from sgvla.transforms import CropBoxes, raw_to_towers
+
+    model = tiny(crop_area=0.81)
+    batch = make_batch(model, n=2)
+    model.eval()
+    centre = CropBoxes.draw(2, ("head", "hand"), 0.81, random=False)
+    assert torch.allclose(centre.corners, torch.full((2, 2, 2), 0.05))
+    with torch.no_grad():
+        towers = raw_to_towers(batch["pixel_values"], model.config.views, 56, centre)
+        assert torch.equal(model.encode_images(batch["pixel_values"]),
+                           model.encode_tower_inputs(towers["dino"], towers["siglip"]))
+        assert not torch.equal(model.encode_images(batch["pixel_values"]),
+                               tiny().encode_images(batch["pixel_values"]))
+    model.train()
+
+    def loss(seed: int) -> float:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return float(model(**batch, compute=["action", "mask"]).loss)
+
+    assert loss(0) == loss(0) != loss(1)  # the training RNG (which checkpoints save) picks the boxes

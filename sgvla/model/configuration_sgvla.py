@@ -80,7 +80,10 @@ class SGVLAConfig(PreTrainedConfig):
 
     Inputs: `views` (ordered subset of `VIEWS`), `history` (k previous frames besides the current
     one), `image_size`. Pixel tensors hold V = (history + 1) * len(views) images, frame-major (all
-    views of frame t-k, ..., all views of frame t), views in this order.
+    views of frame t-k, ..., all views of frame t), views in this order. `crop_area` < 1: the
+    towers see that fraction of each view, a random square per sample and camera in training and the
+    centre one otherwise (MiniVLA's `image_aug` crop, 0.9 there; `transforms.CropBoxes`); 1 = whole
+    views, no augmentation (default, the paper's).
     Actions: `action_dim` dims, each discretised into `n_action_bins` bins on [-1, 1] and mapped to
     the token ids `action_token_begin ...+n_action_bins-1` (the tokenizer's `<|extra_i|>`; set
     from the tokenizer when the model is built, then saved with the checkpoint).
@@ -115,6 +118,7 @@ class SGVLAConfig(PreTrainedConfig):
     views: list[str] | None = None
     history: int = 0
     image_size: int = 224
+    crop_area: float = 1.0
     action_dim: int = 13
     n_action_bins: int = 255  # odd: 0 is a bin centre, so "hold still" decodes to exactly 0
     action_token_begin: int | None = None
@@ -172,6 +176,9 @@ class SGVLAConfig(PreTrainedConfig):
         if bad or not self.views or len(set(self.views)) != len(self.views):
             raise SgvlaError(f"config views={self.views} is invalid: give a non-empty list of distinct names "
                              f"from {', '.join(VIEWS)}")
+        if not 0.25 <= self.crop_area <= 1.0:
+            raise SgvlaError(f"config crop_area={self.crop_area!r} must be in [0.25, 1] (fraction of each view's "
+                             "area the towers see; 1 = no crop, MiniVLA's augmentation uses 0.9)")
         if not isinstance(self.history, int) or self.history < 0:
             raise SgvlaError(f"config history={self.history!r} must be an integer >= 0 (previous frames)")
         for key in ("aux_decoders", "aux_detach"):

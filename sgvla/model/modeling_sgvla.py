@@ -52,7 +52,7 @@ from sgvla.model.processing_sgvla import (
     action_decoding,
 )
 from sgvla.model.vision import FusedMLPProjector, FusedVisionBackbone
-from sgvla.transforms import check_raw, raw_to_towers
+from sgvla.transforms import CropBoxes, check_raw, raw_to_towers
 from sgvla.vocab import AUX_NAMES
 
 LOSS_NAMES: tuple[str, ...] = ("action", *AUX_NAMES, "flow")
@@ -222,18 +222,34 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
         return names
 
     # -- inputs ------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def encode_images(self, pixel_values: Mapping[str, torch.Tensor], crops: CropBoxes | None = None) -> torch.Tensor:
         """{view: raw frames (B, T, H, W[, 3])} -> projected patch tokens (B, T * V * P, llm width).
 
         The data pipeline and the processor both give the raw frames (`transforms.raw_frames`:
         uint8 RGB, uint16 depth millimetres); only the model turns them into the towers' inputs
         (`transforms.raw_to_towers`: RGB / 255, Eq. 1 depth, resize, normalisation), on its own
-        device, so training and evaluation cannot feed the towers different inputs.
+        device, so training and evaluation cannot feed the towers different inputs. With
+        `crop_area` < 1 the views are cut to `crops` (default: the centre boxes).
         """
         c = self.config
         check_raw(pixel_values, c.views, c.history + 1)
-        towers = raw_to_towers(pixel_values, c.views, c.image_size)
+        if crops is None and c.crop_area < 1:
+            crops = self._crop_boxes(next(iter(pixel_values.values())).shape[0], random=False)
+        towers = raw_to_towers(pixel_values, c.views, c.image_size, crops)
         return self.encode_tower_inputs(towers["dino"], towers["siglip"])
+
+    def _crop_boxes(self, batch: int, random: bool) -> CropBoxes:
+        return CropBoxes.draw(batch, self.config.mask_cameras, self.config.crop_area, random)
+
+    def _crop_masks(self, aux: Mapping[str, torch.Tensor] | None, crops: CropBoxes) -> dict | None:
+        """Target masks cut to the boxes their camera's views are cut to."""
+        if aux is None:
+            return None
+        out = dict(aux)
+        for cam in crops.cameras:
+            if f"{cam}_mask" in out:
+                out[f"{cam}_mask"] = crops.crop_mask(torch.as_tensor(out[f"{cam}_mask"]), cam)
+        return out
 
     def encode_tower_inputs(self, dino: torch.Tensor, siglip: torch.Tensor) -> torch.Tensor:
         """Normalised tower inputs (B, V, 3, S, S) each -> projected patch tokens (B, V * P, llm width).
@@ -311,7 +327,11 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
             raise SgvlaError("the action loss needs `labels` (use SGVLAProcessor.collate)")
         if "flow" in names and action_chunk is None:
             raise SgvlaError("the flow loss needs `action_chunk` in the batch (or leave 'flow' out of compute)")
-        images = self.encode_images(pixel_values)
+        crops = None
+        if self.config.crop_area < 1:  # augmentation in training, the centre crop otherwise
+            crops = self._crop_boxes(input_ids.shape[0], random=self.training)
+            aux = self._crop_masks(aux, crops)
+        images = self.encode_images(pixel_values, crops)
         embeds, attn, full_labels = self._assemble(input_ids, attention_mask, images, labels)
         prefix_len, prefix_mask = self._prefix_extent(attn, full_labels)
         aux_names = [n for n in self.config.aux_decoders if n in names]
