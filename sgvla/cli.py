@@ -146,7 +146,7 @@ def demos(
                                           "the expert's: DART-style recovery data); 0 = none."),
     repeats: int = typer.Option(1, help="Record each episode this many times: clean, then with --noise."),
     images: bool = typer.Option(False, help="Also store the head/hand RGB-D frames (MS-HAB's full layout); "
-                                            "`sgvla gen` renders its own, so they only cost time (about 6x)."),
+                                            "`sgvla gen` renders its own, so they only cost time (about 7x)."),
 ) -> None:
     """Generate scripted expert demonstrations on the built-in scene (ManiSkill trajectory files)."""
     from sgvla.envs.demos import generate_demos
