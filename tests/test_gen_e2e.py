@@ -153,26 +153,33 @@ class _RecordedCameras:
 
     def __init__(self):
         self.envs = {}
+        self.episode: tuple[Path, str] | None = None  # the one whose states are loaded and reset
+        self.states: list[dict] = []
 
     def at(self, h5: Path, traj: str, t: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        from mani_skill.trajectory.utils import dict_to_list_of_dicts
-
         from sgvla.envs import make_env
 
-        meta = json.loads(h5.with_suffix(".json").read_text())
-        episode = next(e for e in meta["episodes"] if f"traj_{e['episode_id']}" == traj)
         subtask = h5.stem
         if subtask not in self.envs:
             self.envs[subtask] = make_env(TASK, subtask, obs_mode="state_dict")
         env = self.envs[subtask].unwrapped
-        env.reset(seed=episode["episode_seed"])
-        with h5py.File(h5) as f:
-            state = dict_to_list_of_dicts(_read(f[traj]["env_states"]))[t]
-        env.set_state_dict(state)
+        if self.episode != (h5, traj):  # rows come episode by episode: read and reset once each
+            self._load(env, h5, traj)
+        env.set_state_dict(self.states[t])
         env.scene.update_render()
         par = env.get_sensor_params()
         return {cam: (par[f"fetch_{cam}"]["cam2world_gl"][0].numpy(), par[f"fetch_{cam}"]["intrinsic_cv"][0].numpy())
                 for cam in ("head", "hand")}
+
+    def _load(self, env, h5: Path, traj: str) -> None:
+        from mani_skill.trajectory.utils import dict_to_list_of_dicts
+
+        meta = json.loads(h5.with_suffix(".json").read_text())
+        episode = next(e for e in meta["episodes"] if f"traj_{e['episode_id']}" == traj)
+        env.reset(seed=episode["episode_seed"])
+        with h5py.File(h5) as f:
+            self.states = dict_to_list_of_dicts(_read(f[traj]["env_states"]))
+        self.episode = (h5, traj)
 
     def close(self):
         for env in self.envs.values():
