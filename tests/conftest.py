@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
+
+
+def pytest_configure(config):
+    """`make test` runs the suite on two pytest-xdist workers. Each gets its own TMPDIR (Ray's
+    session folders and sgvla's registry of local Ray instances both live there), so a command in
+    one worker never reaps the Ray that a test in the other killed on purpose and checks on."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        own = Path(tempfile.gettempdir()) / f"sgvla-{worker}"
+        own.mkdir(exist_ok=True)
+        os.environ["TMPDIR"] = str(own)
+        tempfile.tempdir = None  # re-read TMPDIR
 
 
 @pytest.fixture(scope="module")
@@ -14,3 +30,17 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+#: The longest modules (minutes each on a 2-core machine), started first so that the two xdist
+#: workers of `make test` (whole modules each, `--dist loadfile`) finish at about the same time.
+LONG_MODULES = ("test_learning", "test_train_ray", "test_main_job", "test_study", "test_gen_e2e", "test_eval",
+                "test_hardening")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = Path(str(item.fspath)).stem
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
