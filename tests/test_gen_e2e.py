@@ -174,20 +174,16 @@ class _RecordedCameras:
     def _load(self, env, h5: Path, traj: str) -> None:
         from mani_skill.trajectory.utils import dict_to_list_of_dicts
 
-        meta = json.loads(h5.with_suffix(".json").read_text())
-        episode = next(e for e in meta["episodes"] if f"traj_{e['episode_id']}" == traj)
-        env.reset(seed=episode["episode_seed"])
-        with h5py.File(h5) as f:
-            self.states = dict_to_list_of_dicts(_read(f[traj]["env_states"]))
+        from sgvla.datagen.sources import read_demo_file, read_episode
+
+        episode = next(e for e in read_demo_file(h5).episodes if e.traj == traj)
+        env.reset(**episode.reset_kwargs)
+        self.states = dict_to_list_of_dicts(read_episode(h5, traj).env_states)
         self.episode = (h5, traj)
 
     def close(self):
         for env in self.envs.values():
             env.close()
-
-
-def _read(group) -> dict:
-    return {k: _read(v) if isinstance(v, h5py.Group) else v[()] for k, v in group.items()}
 
 
 def test_masks_cover_the_target_when_in_view_and_are_empty_when_not(built):
