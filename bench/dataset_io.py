@@ -18,6 +18,10 @@ indexes its row's targets (normalised actions, aux vectors, validity: computed o
 and carries more, smaller tensors through the collate. "transport-only" moves zero tensors of the
 pipeline's pixel output through the same DataLoader (what transport alone allows); "1-process
 ratio" is the same ratio indexed in this process (compute alone, no DataLoader).
+
+Part 3 (preload): samples/s indexed in this process with the selection's images decoded once into
+memory (`SgvlaTorchDataset.preload`, what `sgvla train` does when they fit `data.preload_mb`)
+against the same dataset decoding per sample, and the one-off preload time.
 Wall-clock samples/s is the figure on a quiet machine, but on a shared, loaded one (other jobs,
 a training run) it swings with the load (0.5 to 2.2 for the same code). So each case also reports
 CPU seconds per sample (user + system) of this process plus its DataLoader workers over whole
@@ -191,12 +195,11 @@ class DecodeOnly(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         hist, _, _ = self.ds.builder.rows_for(i, int(self.ds.start[i]), int(self.ds.end[i]))
         need = sorted(set(hist) | {i})
-        cells = self.ds._fetch(self.ds.spec.image_fields(), need)
+        images = self.ds._decode(self.ds.spec.image_fields(), need)
         pos = {r: k for k, r in enumerate(need)}
-        decoded = {(v, r): decode_png(cells[v][pos[r]]) for v in self.ds.spec.views for r in need}
-        out = {f"{v}_{j}": torch.from_numpy(decoded[v, r]) for v in self.ds.spec.views for j, r in enumerate(hist)}
+        out = {f"{v}_{j}": torch.from_numpy(images[v][pos[r]]) for v in self.ds.spec.views for j, r in enumerate(hist)}
         for m in ("head_mask", "hand_mask"):
-            out[m] = torch.from_numpy(decode_png(cells[m][pos[i]]))
+            out[m] = torch.from_numpy(images[m][pos[i]])
         return out
 
 
@@ -287,6 +290,22 @@ def pipeline_rows(rows: int, tmp: Path, repeats: int, dataset: Path | None) -> l
     return out
 
 
+def preload_rows(rows: int, tmp: Path, repeats: int, dataset: Path | None) -> dict:
+    root = dataset or tmp / "ds"  # part 2 wrote the synthetic one
+    config = sorted(group_shards(find_shards(root)))[0]
+    views = ("head_rgb", "hand_rgb", "head_depth", "hand_depth")
+    decoding = SgvlaTorchDataset(root, config, views=views, cache_dir=str(tmp / "cache"))
+    loaded = SgvlaTorchDataset(root, config, views=views, cache_dir=str(tmp / "cache"))
+    t0 = time.perf_counter()
+    assert loaded.preload()
+    once = time.perf_counter() - t0
+    base = pre = 0.0
+    for _ in range(repeats):  # alternate, best of each
+        base = max(base, direct_per_s(decoding, 1))
+        pre = max(pre, direct_per_s(loaded, 1))
+    return {"rows": len(loaded), "decoding": base, "preloaded": pre, "once": once}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200, help="frames per encoding option")
@@ -314,6 +333,10 @@ def main() -> None:
             print(f"| {r['name']} | {r['pipeline']:.0f} | {r['decode']:.0f} | {r['pipeline'] / r['decode']:.2f} "
                   f"| {1e3 * r['pipeline_cpu']:.2f} | {1e3 * r['decode_cpu']:.2f} "
                   f"| {r['decode_cpu'] / r['pipeline_cpu']:.2f} | {r['transport']:.0f} | {r['compute']:.2f} |")
+        p = preload_rows(args.rows, tmp, args.repeats, args.dataset)
+        print(f"\nPreloaded images (4 views, {p['rows']} rows, one process): {p['preloaded']:.0f} samples/s against "
+              f"{p['decoding']:.0f} decoding per sample = {p['preloaded'] / p['decoding']:.1f}x; "
+              f"preloading took {p['once']:.2f} s ({p['once'] * p['decoding'] / p['rows']:.1f} decoding epochs)")
 
 
 if __name__ == "__main__":

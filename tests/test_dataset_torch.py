@@ -65,6 +65,25 @@ def test_sample_format_shapes_dtypes_and_ranges(root, cache):
     assert set(s["aux_valid"]) == set(shapes) and all(v.dtype == torch.bool for v in s["aux_valid"].values())
 
 
+def _same_sample(a: dict, b: dict) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_sample(a[k], b[k]) for k in a)
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_preloaded_rows_give_the_samples_decoding_gives(root, cache):
+    kw = dict(views=("head_rgb", "hand_depth"), history=2, chunk_size=4, cache_dir=cache)
+    plain = SgvlaTorchDataset(root, "mini_kitchen", **kw)
+    loaded = SgvlaTorchDataset(root, "mini_kitchen", **kw)
+    assert loaded.preload(rows=range(5, 18)) and not loaded.preload(max_mb=1e-3)  # too big: left as it was
+    for i in range(len(plain)):  # rows 0-4 were not preloaded: decoded as before
+        assert _same_sample(plain[i], loaded[i]), i
+    s = loaded[7]
+    s["pixel_values"]["head_rgb"].zero_()
+    s["aux"]["head_mask"].fill_(True)  # a sample owns its arrays: the store is not changed through it
+    assert _same_sample(plain[7], loaded[7])
+
+
 def test_history_is_frame_major_and_clamps_at_the_episode_start(root, cache):
     views = ("head_rgb", "hand_rgb")
     ds = SgvlaTorchDataset(root, "mini_kitchen", views=views, history=2, cache_dir=cache)
@@ -143,7 +162,7 @@ def test_a_nan_qpos_is_an_invalid_zeroed_target(rows):
     text = {"instruction": "pick up the bowl", "subtask": "pick", "task": "mini_kitchen"}
 
     def fetch(fields, idx):
-        return {f: [rows[f][i] for i in idx] for f in fields}
+        return {f: [decode_png(rows[f][i]) for i in idx] for f in fields}
 
     targets = builder.targets(vec, np.full(n, "pick"))
     bad = builder.build(targets, text, 1, 0, n, fetch)

@@ -31,13 +31,13 @@ def test_expert_succeeds_random_fails_and_reruns_repeat(tmp_path):
     # A success implies the effect held at that step; partial progress is reported per subtask.
     assert all(e["effect_once"] for e in expert["episodes"] if e["success"])
     assert expert["aggregate"]["per_subtask"]["pick"]["effect_rate"] >= rate
-    again = run_eval("expert", "mini_kitchen", "pick", episodes=4, out=tmp_path / "again", workers=2)
+    again = run_eval("expert", "mini_kitchen", "pick", episodes=2, out=tmp_path / "again", workers=2)
     # Same seeds, same outcomes. (Step counts may differ by a step: PhysX keeps solver state across
     # resets of a reused scene, and which worker replays which seed depends on scheduling.)
     assert [(e["seed"], e["success"]) for e in again["episodes"]] == \
-        [(e["seed"], e["success"]) for e in expert["episodes"]]
+        [(e["seed"], e["success"]) for e in expert["episodes"][:2]]
 
-    rand = run_eval("random", "mini_kitchen", "pick", episodes=4, out=tmp_path / "random", workers=2, max_steps=60)
+    rand = run_eval("random", "mini_kitchen", "pick", episodes=2, out=tmp_path / "random", workers=2, max_steps=20)
     assert rand["aggregate"]["per_subtask"]["pick"]["success_rate"] == 0
     assert all(e["failure"] for e in rand["episodes"])
 

@@ -99,7 +99,9 @@ def build_dataset(cfg: TrainConfig, data: dict, mc) -> tuple[torch.utils.data.Da
             raise SgvlaError(f"data.max_episodes={cfg.data.max_episodes} leaves {keep.sum()} samples, fewer "
                              f"than one optimizer step (train.global_batch_size={cfg.train.global_batch_size}): raise "
                              "data.max_episodes or lower train.global_batch_size")
-    return ds, np.flatnonzero(keep).tolist()
+    rows = np.flatnonzero(keep).tolist()
+    ds.preload(rows, cfg.data.preload_mb)  # kept rows are whole episodes: their history rows are kept too
+    return ds, rows
 
 
 def first_episodes(subtasks: np.ndarray, episode_start: np.ndarray, n: int) -> np.ndarray:
