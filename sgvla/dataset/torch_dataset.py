@@ -319,8 +319,8 @@ class SgvlaTorchDataset(Dataset):
         return {f: [decode_png(c) for c in cells[f]] for f in fields}
 
     def _fetch(self, fields: Sequence[str], rows: list[int]) -> dict[str, list[np.ndarray]]:
-        slots = self._slot[rows] if self._store else None
-        if slots is None or (slots < 0).any():
+        slots = self._slot[rows]  # all -1 until `preload`
+        if (slots < 0).any():
             return self._decode(fields, rows)
         return {f: list(self._store[f][slots]) for f in fields}  # fancy indexing copies: samples own them
 
