@@ -12,9 +12,12 @@ import pytest
 def pytest_configure(config):
     """`make test` runs the suite on two pytest-xdist workers. Each gets its own TMPDIR (Ray's
     session folders and sgvla's registry of local Ray instances both live there), so a command in
-    one worker never reaps the Ray that a test in the other killed on purpose and checks on."""
+    one worker never reaps the Ray that a test in the other killed on purpose and checks on. Each
+    also keeps torch (and what it starts: commands, Ray workers) to one thread: two workers with
+    2-thread pools on 2 cores trained 4x slower than with one thread each."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
+        os.environ["OMP_NUM_THREADS"] = "1"
         own = Path(tempfile.gettempdir()) / f"sgvla-{worker}"
         own.mkdir(exist_ok=True)
         os.environ["TMPDIR"] = str(own)

@@ -181,3 +181,15 @@ def test_wandb_without_the_package_is_named_before_training(monkeypatch):
     check_tracking(config_from_dict({}))  # off by default: nothing needed
     with pytest.raises(SgvlaError, match=r"train.wandb='p' but the wandb package is not installed.*pip install"):
         check_tracking(config_from_dict({"train": {"wandb": "p"}}))
+
+
+@pytest.mark.parametrize(("cpus", "omp", "threads"), [(2, None, 2), (2, "1", 1), (1, "4", 1), (0.5, None, 1),
+                                                      (2, "", 2), (2, "x", 2)])
+def test_cpu_worker_threads_follow_its_share_capped_by_omp(monkeypatch, cpus, omp, threads):
+    from sgvla.train.loop import cpu_threads
+
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert cpu_threads(cpus) == threads
