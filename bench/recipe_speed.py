@@ -70,7 +70,7 @@ def train_rate(config: Path, dataset: Path, steps: int, device: str = "cpu", war
     return cfg.train.micro_batch_size * steps / (time.perf_counter() - t0)
 
 
-def loop_rate(config: Path, dataset: Path, steps: int, device: str, warmup: int = 20) -> float:
+def loop_rate(config: Path, dataset: Path, steps: int, device: str, batch: int = 16, warmup: int = 20) -> float:
     """Steps/s of the real training loop (`sgvla.train.loop.Worker` in this process, no Ray: data
     loading, collate, transfer, step, metrics), from the timestamps of its metrics records."""
     from sgvla.train import modelops
@@ -80,7 +80,9 @@ def loop_rate(config: Path, dataset: Path, steps: int, device: str, warmup: int 
     from sgvla.train.preflight import inspect_dataset
 
     cfg = load_config(config, ["stage1.epochs=0", "stage3.epochs=0", "stage2.epochs=100000",
-                               f"stage2.max_steps={warmup + steps}", "train.checkpoint_every=0"])
+                               f"stage2.max_steps={warmup + steps}", "train.checkpoint_every=0",
+                               f"train.global_batch_size={batch}", f"train.micro_batch_size={batch}",
+                               "data.subtasks=[pick,place,open,close]"])  # every synthetic row: long epochs
     info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, modelops.model_config(cfg)))
     with tempfile.TemporaryDirectory() as run:
         Worker(cfg, info, Path(run), WorkerEnv(device=torch.device(device))).run()
@@ -122,6 +124,8 @@ def main() -> None:
     ap.add_argument("--train-only", action="store_true", help="skip the evaluation (always on a GPU)")
     ap.add_argument("--loop-steps", type=int, default=0, help="also time this many steps of the real "
                     "training loop (in process, no Ray) on the close-only config")
+    ap.add_argument("--loop-batch", type=int, nargs="+", default=[16], help="batch sizes of those loops "
+                    "(the recipe's is 16)")
     args = ap.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)
@@ -129,14 +133,16 @@ def main() -> None:
     from sgvla.model import save_policy
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_synthetic_dataset(Path(tmp) / "data", episodes={"train": [32] * 16})
+        episodes = max(16, 2 * max(args.loop_batch)) if args.loop_steps else 16  # 64 loop steps an epoch
+        data = write_synthetic_dataset(Path(tmp) / "data", episodes={"train": [32] * episodes})
         rates = {name: train_rate(path, data, args.steps, args.device) for name, path in CONFIGS.items()}
         print(f"\ntraining samples/s (stage 2, each config's micro batch, {args.device}): "
               + ", ".join(f"{k} {v:.1f}" for k, v in rates.items())
               + f"; ratio recipe / tiny {rates['cpu_recipe'] / rates['tiny']:.2f}")
-        if args.loop_steps:
-            loop = loop_rate(CONFIGS["close_only"], data, args.loop_steps, args.device)
-            print(f"real training loop, close_only config, {args.device}: {loop:.1f} steps/s")
+        for batch in args.loop_batch if args.loop_steps else []:
+            loop = loop_rate(CONFIGS["close_only"], data, args.loop_steps, args.device, batch)
+            print(f"real training loop, close_only config, batch {batch}, {args.device}: {loop:.1f} steps/s, "
+                  f"{loop * batch:.0f} samples/s")
         if args.train_only or args.device != "cpu":
             return
         _, model, processor, _ = _model_and_data(CONFIGS["cpu_recipe"], data)
