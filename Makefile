@@ -8,11 +8,11 @@ demo: setup
 	bash scripts/demo.sh
 
 test: lint
-	.venv/bin/python -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	.venv/bin/python -m pytest -q -ra -n 2 --dist loadfile --durations=15
 
 # Minutes instead of twenty: everything but the end-to-end tests marked slow.
 test-fast: lint
-	.venv/bin/python -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
+	.venv/bin/python -m pytest -q -ra -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	.venv/bin/python -m ruff check sgvla tests bench
