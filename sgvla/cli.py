@@ -145,6 +145,9 @@ def demos(
     noise: float = typer.Option(0.0, help="Std of Gaussian noise on the executed arm actions (labels stay "
                                           "the expert's: DART-style recovery data); 0 = none."),
     repeats: int = typer.Option(1, help="Record each episode this many times: clean, then with --noise."),
+    token_grid: int = typer.Option(0, help="Snap the expert's actions to the bin centres of an action "
+                                           "tokenizer with this many bins (0 = off); train with "
+                                           "data.action_normalization=none so tokens reproduce them exactly."),
     images: bool = typer.Option(False, help="Also store the head/hand RGB-D frames (MS-HAB's full layout); "
                                             "`sgvla gen` renders its own, so they only cost time (about 7x)."),
 ) -> None:
@@ -152,7 +155,7 @@ def demos(
     from sgvla.envs.demos import generate_demos
 
     generate_demos(task=task, subtask=subtask, episodes=episodes, out=out, seed=seed, split=split, noise=noise,
-                   repeats=repeats, images=images)
+                   repeats=repeats, images=images, token_grid=token_grid)
 
 
 @command("gen")

@@ -192,6 +192,15 @@ def normalize_action(a: np.ndarray | torch.Tensor, q01, q99):
     return lib.where(span == 0, lib.zeros_like(out), out)
 
 
+def snap_to_bins(a: np.ndarray, n_bins: int) -> np.ndarray:
+    """The centre of the uniform bin on [-1, 1] each value falls in (values outside go to the end
+    bins): what an action token of an `n_bins` tokenizer decodes to, so an action already on this
+    grid survives tokenizing unchanged. `sgvla demos --token-grid` records experts this way."""
+    w = 2.0 / n_bins
+    idx = np.clip(np.floor((np.asarray(a, np.float64) + 1.0) / w), 0, n_bins - 1)
+    return (-1.0 + (idx + 0.5) * w).astype(np.asarray(a).dtype)
+
+
 def unnormalize_action(a: np.ndarray | torch.Tensor, q01, q99):
     """Inverse of `normalize_action` for values in [-1, 1]."""
     lib = torch if isinstance(a, torch.Tensor) else np

@@ -32,6 +32,8 @@ def _demos(*args: str):
         (["--seed", "-1"], "--seed"),
         (["--seed", "999999", "--episodes", "2"], "--seed"),
         (["--split", "test"], "--split"),
+        (["--token-grid", "1"], "--token-grid"),
+        (["--token-grid", "-255"], "--token-grid"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, args, flag):

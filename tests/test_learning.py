@@ -1,6 +1,6 @@
 """Learning, end to end: a policy trained by sgvla reproduces a demonstration (on the demo's states,
 and closed loop up to the expert's first switch), and the noise-injected demos carry the expert's
-labels into the dataset."""
+labels into the dataset, on the token grid as well."""
 
 from __future__ import annotations
 
@@ -125,3 +125,21 @@ def test_noisy_demos_keep_expert_labels_in_the_rows_gen_writes(tmp_path):
         replayer.close()
     assert result.status == "kept"
     assert np.array_equal(np.asarray(result.rows["action"], dtype=np.float32), labels[1])  # ... labelled by the expert
+
+
+def test_token_grid_demos_execute_and_label_bin_centres_only(tmp_path):
+    """`sgvla demos --token-grid`: what the robot executed and what the dataset will be labelled with
+    are bin centres of the tokenizer (so a memorising token policy can reproduce them exactly), the
+    perturbed repeat included, and the expert still succeeds on the grid."""
+    from sgvla.envs.demos import generate_demos
+    from sgvla.transforms import snap_to_bins
+
+    rates = generate_demos(subtask="place", episodes=1, repeats=2, noise=0.2, token_grid=63,
+                           out=tmp_path / "demos", progress=False)
+    assert rates == {"place": 1.0}
+    with h5py.File(tmp_path / "demos" / "place.h5") as h5:
+        for traj in ("traj_0", "traj_1"):
+            for key in ("actions", EXPERT_ACTIONS):
+                a = h5[traj][key][()]
+                assert np.array_equal(snap_to_bins(a, 63), a), (traj, key)
+        assert not np.array_equal(h5["traj_1"]["actions"][()][:, :7], h5["traj_1"][EXPERT_ACTIONS][()][:, :7])

@@ -167,6 +167,20 @@ def test_action_tokens_round_trip_within_half_a_bin():
         tok.decode(torch.tensor([12]))
 
 
+@pytest.mark.parametrize("n_bins", [255, 64])
+def test_actions_snapped_to_the_token_grid_survive_tokenizing_unchanged(n_bins):
+    """`sgvla demos --token-grid` snaps with `snap_to_bins`: exactly the tokenizer's bin centres, so
+    a policy that outputs a demo's tokens outputs its actions bit for bit."""
+    from sgvla.transforms import snap_to_bins
+
+    tok = ActionTokenizer(begin=0, n_bins=n_bins)
+    a = np.random.default_rng(0).uniform(-1.2, 1.2, (500, 13)).astype(np.float32)
+    snapped = snap_to_bins(a, n_bins)
+    assert snapped.dtype == np.float32
+    assert np.array_equal(tok.decode(tok.encode(a)).numpy(), snapped)
+    assert np.array_equal(tok.decode(tok.encode(snapped)).numpy(), snapped)
+
+
 def test_hold_still_decodes_to_exactly_zero_by_default():
     """With an even bin count 0 decodes to -w/2, a drift delta-joint control integrates every step."""
     from sgvla.model import SGVLAConfig

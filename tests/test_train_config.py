@@ -49,6 +49,7 @@ def test_yaml_base_chain_and_overrides(tmp_path):
     ({"optim": {"lr_schedule": "linear"}}, ["optim.lr_schedule", "cosine"]),
     ({"optim": {"min_lr_ratio": 2}}, ["min_lr_ratio"]),
     ({"train": {"wandb_mode": "cloud"}}, ["train.wandb_mode", "offline"]),
+    ({"data": {"action_normalization": "minmax"}}, ["data.action_normalization", "q99", "none"]),
 ])
 def test_bad_config_values_are_named(bad, words):
     with pytest.raises(SgvlaError) as e:

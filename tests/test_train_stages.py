@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -171,6 +172,26 @@ def test_subtask_selection_reaches_the_sampler(dataset):
     # where the rows are selected (the driver cannot count a Hub dataset's rows per subtask)
     with pytest.raises(SgvlaError, match="no 'train' rows of subtask.*open"):
         modelops.build_dataset(none, dataclasses.asdict(info), mc)
+
+
+def test_action_normalization_none_trains_on_the_recorded_actions(dataset):
+    """data.action_normalization=none: samples carry the recorded actions (clipped to [-1, 1]) and
+    the model's un-normalising, which reads the run's statistics from its config, is the identity."""
+    cfg = config_from_dict({"data": {"action_normalization": "none"}, "train": {"global_batch_size": 4},
+                            "model": {"aux_decoders": [], "use_flow_expert": False}})
+    mc = modelops.model_config(cfg)
+    info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, mc))
+    ds, idx = modelops.build_dataset(cfg, info, mc)
+    recorded = np.clip(ds.vec["action"][idx], -1, 1)
+    assert np.abs(recorded).max() > 0.1  # the synthetic actions are not all tiny
+    got = np.stack([ds[i]["action"].numpy() for i in idx])
+    assert np.allclose(got.reshape(recorded.shape), recorded, atol=1e-6)
+    model, processor = modelops.build_model(cfg, info["stats"])
+    a = np.linspace(-1, 1, 13, dtype=np.float32)
+    assert np.allclose(processor.unnormalize(a), a, atol=1e-6)
+    q99 = config_from_dict({**cfg.to_dict(), "data": {"action_normalization": "q99"}})
+    stats = inspect_dataset(str(dataset), q99, mc).stats
+    assert stats["action"]["q99"] != [1.0] * 13  # the default keeps the dataset's own range
 
 
 def test_max_episodes_keeps_the_first_episodes_of_each_subtask(tmp_path):

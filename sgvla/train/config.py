@@ -32,6 +32,7 @@ LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 STRATEGIES = ("ddp", "fsdp")
 WANDB_MODES = ("online", "offline")
+ACTION_NORMALIZATIONS = ("q99", "none")
 
 
 @dataclass
@@ -84,6 +85,10 @@ class DataSection:
     #: training worker (128 px, four views: 160 KiB a row, so 4096 holds about 26,000 rows); a
     #: bigger selection is decoded per sample as before. 0: never. Same samples either way.
     preload_mb: float = 4096
+    #: How actions map to [-1, 1] before tokenizing: "q99" (the dataset's q01/q99 of each dimension,
+    #: clipped; OpenVLA's BOUNDS_Q99, the paper's) or "none" (as recorded: the controllers' range
+    #: is already [-1, 1]; for demos recorded on the token grid, `sgvla demos --token-grid`).
+    action_normalization: str = "q99"
 
 
 @dataclass
@@ -365,6 +370,9 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
                          "optim.warmup_steps >= 0 and optim.min_lr_ratio in [0, 1]")
     if cfg.data.loader_workers < 0 or cfg.data.preload_mb < 0:
         raise SgvlaError(f"{where}: data.loader_workers and data.preload_mb must be >= 0")
+    if cfg.data.action_normalization not in ACTION_NORMALIZATIONS:
+        raise SgvlaError(f"{where}: data.action_normalization must be one of {ACTION_NORMALIZATIONS}, got "
+                         f"{cfg.data.action_normalization!r}")
     if cfg.data.max_episodes is not None and cfg.data.max_episodes < 1:
         raise SgvlaError(f"{where}: data.max_episodes must be >= 1, or null for every episode")
     subs = cfg.data.subtasks

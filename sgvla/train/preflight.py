@@ -179,7 +179,19 @@ def inspect_dataset(dataset: str, cfg: TrainConfig, model_config) -> DatasetInfo
     if info.num_rows == 0:
         raise SgvlaError(f"dataset {dataset} has no {cfg.data.split!r} rows for configs {info.configs} and "
                          f"subtasks {cfg.data.subtasks or 'all'}: check data.configs / split / subtasks")
+    if cfg.data.action_normalization == "none":
+        info.stats = unit_action_range(info.stats)
     return info
+
+
+def unit_action_range(stats: dict) -> dict:
+    """`stats` with the action's q01/q99 at -1/+1, so that normalising the dataset's actions and the
+    trained model's un-normalising (it keeps the run's statistics in its config) are both the
+    identity: data.action_normalization=none in the one place every consumer reads."""
+    action = dict(stats["action"])
+    dim = len(action["q01"])
+    action["q01"], action["q99"] = [-1.0] * dim, [1.0] * dim
+    return {**stats, "action": action}
 
 
 # ---------------------------------------------------------------------------------------------
