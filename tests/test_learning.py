@@ -1,9 +1,10 @@
-"""Learning, end to end: a policy trained by sgvla reproduces a demonstration (on the demo's states,
-and closed loop up to the expert's first switch), and the noise-injected demos carry the expert's
-labels into the dataset, on the token grid as well."""
+"""Learning, end to end: a policy trained by sgvla memorises a demonstration and replays it to
+success at the demo's seed, and the noise-injected demos carry the expert's labels into the
+dataset, on the token grid as well."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -11,14 +12,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 from sgvla.tasks import EXPERT_ACTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-#: Steps of the close demo before the scripted expert's first switch, where a memorised policy's
-#: closed loop must stay on the demo's path.
-SMOOTH_STEPS = 30
+#: The CI check's training config: a 15-bin tokenizer, the demo's actions unscaled, 1,000 steps.
+GRID_CONFIG_PATH = ROOT / "configs" / "tiny_overfit_grid.yaml"
+GRID_CONFIG = yaml.safe_load(GRID_CONFIG_PATH.read_text())
 
 
 def _sgvla(*args: str, cwd: Path) -> str:
@@ -28,74 +30,54 @@ def _sgvla(*args: str, cwd: Path) -> str:
     return res.stdout
 
 
-def _joints(env) -> np.ndarray:
-    return env.unwrapped.agent.robot.get_qpos()[0].cpu().numpy()
-
-
-def replay_with_policy(policy, subtask: str, seed: int, actions: np.ndarray,
-                       closed_loop_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def replay_with_policy(policy, subtask: str, seed: int, actions: np.ndarray) -> np.ndarray:
     """Step the demo's own actions from its seed and ask `policy` at every state, through the same
-    observation path as `sgvla eval`; then, from the same seed again, let `policy` drive for
-    `closed_loop_steps`. Returns the policy's (T, 13) actions on the demo's states, the demo's
-    joints after each step (T, 15) and the closed loop's (closed_loop_steps, 15)."""
+    observation path as `sgvla eval`: the policy's (T, 13) actions on the demo's states."""
     from sgvla.envs import make_env
 
     env = make_env("mini_kitchen", subtask, obs_mode="rgb+depth")
     try:
         obs, _ = env.reset(seed=seed)
         policy.reset(env, subtask, seed)
-        out, demo_joints = [], []
+        out = []
         for a in actions:
             out.append(policy.act(env, obs))
             obs, *_ = env.step(a)
-            demo_joints.append(_joints(env))
-        obs, _ = env.reset(seed=seed)
-        policy.reset(env, subtask, seed)
-        own_joints = []
-        for _ in range(closed_loop_steps):
-            obs, *_ = env.step(policy.act(env, obs))
-            own_joints.append(_joints(env))
-        return np.stack(out), np.stack(demo_joints), np.stack(own_joints)
+        return np.stack(out)
     finally:
         env.close()
 
 
-def test_overfit_one_demo_reproduces_its_actions(tmp_path):
-    """Memorise one close demo (train episode 0), then query the policy on that episode's states as
-    `sgvla eval` renders them: it must give the recorded actions, and left to drive from that seed
-    it must follow the demo's path up to the expert's first switch. A mismatch anywhere between
-    recording, dataset, training and evaluation (units, order, alignment, normalisation, prompt)
-    shows here as wrong actions on most steps."""
+def test_memorised_demo_succeeds_at_its_seed(tmp_path):
+    """Memorise ONE place demo recorded on the token grid (train episode 0); asked on that demo's
+    states as `sgvla eval` renders them, the policy must give the recorded actions, and `sgvla eval`
+    at the demo's own seed must succeed. The demo's actions are bin centres of the model's tokenizer
+    and reach it unscaled, so a policy exact on its states replays the demo state for state
+    (docs/results.md, section 1). A mismatch between recording, dataset, training and evaluation
+    (units, order, alignment, normalisation, prompt, tokenizer) breaks both."""
     from sgvla.eval.policies import ModelPolicy
 
-    _sgvla("demos", "--subtask", "close", "--episodes", "1", "--out", "demos", cwd=tmp_path)
-    _sgvla("gen", "--task", "mini_kitchen", "--subtask", "close", "--demos", "demos", "--out", "ds",
+    bins = GRID_CONFIG["model"]["extra"]["n_action_bins"]
+    _sgvla("demos", "--subtask", "place", "--episodes", "1", "--token-grid", str(bins), "--out", "demos", cwd=tmp_path)
+    _sgvla("gen", "--task", "mini_kitchen", "--subtask", "place", "--demos", "demos", "--out", "ds",
            "--workers", "1", cwd=tmp_path)
-    _sgvla("train", "--config", str(ROOT / "configs" / "tiny_overfit.yaml"), "--dataset", "ds", "--output", "run",
-           cwd=tmp_path)
-    with h5py.File(tmp_path / "demos" / "close.h5") as h5:
+    _sgvla("train", "--config", str(GRID_CONFIG_PATH), "--dataset", "ds", "--output", "run", cwd=tmp_path)
+    with h5py.File(tmp_path / "demos" / "place.h5") as h5:
         demo = h5["traj_0"]["actions"][()]
     import torch
 
-    got, demo_joints, own_joints = replay_with_policy(ModelPolicy(tmp_path / "run", mode="tokens"), "close", 0, demo,
-                                                      closed_loop_steps=SMOOTH_STEPS)
+    got = replay_with_policy(ModelPolicy(tmp_path / "run", mode="tokens"), "place", 0, demo)
     assert torch.is_grad_enabled(), "loading a policy must not switch autograd off for the whole process"
-    err = np.abs(got - demo).max(axis=1)  # per step, worst of the 13 dimensions
-    # Measured on memorised models (docs/results.md): median 0.004 (half an action bin), gripper
-    # command right on 97-98% of steps; against the demo shifted by one step (what an off-by-one
-    # between observations and labels would teach) the median is 0.024-0.026. Medians, not means:
-    # a memorised model may slip for a few steps at the expert's switches (errors up to 0.4 there),
-    # which moved the mean from 0.08 to 0.12 between two machines with the same code.
-    assert np.median(err) < 0.02, np.round(err, 3)
-    shifted = min(np.median(np.abs(got[:-1] - demo[1:]).max(1)), np.median(np.abs(got[1:] - demo[:-1]).max(1)))
-    assert np.median(err) < 0.5 * shifted, (np.median(err), shifted)
-    assert np.mean(np.sign(got[:, 7]) == np.sign(demo[:, 7])) >= 0.95
-    # Closed loop: the policy's own actions, stepped, keep it on the demo's path through the smooth
-    # approach before the expert's first switch (step 35 of this demo). Measured on three training
-    # seeds: worst joint 0.005 rad off at step 30, first off by 0.01 at step 37-46; a weaker
-    # memoriser (700 steps; batch 8) leaves by step 6 / 20. Success is not asserted (section 1).
-    drift = np.abs(own_joints - demo_joints[:SMOOTH_STEPS]).max(axis=1)
-    assert drift.max() < 0.01, np.round(drift, 4)
+    # Measured (docs/results.md, section 1; training seeds 0-7): wrong on at most 3 of the demo's 77
+    # states (settling steps after the release, and the last ones at rest, where states look
+    # alike). Labels shifted by one step (what an off-by-one between observations and labels
+    # teaches) differ on 61 of 76.
+    wrong = np.flatnonzero(np.abs(got - demo).max(axis=1) > 1e-4)
+    assert len(wrong) <= 0.1 * len(demo), wrong
+    _sgvla("eval", "--model", "run", "--subtask", "place", "--split", "train", "--seed", "0", "--episodes", "1",
+           "--mode", "tokens", "--workers", "1", "--out", "eval", cwd=tmp_path)
+    (episode,) = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"]
+    assert episode["seed"] == 0 and episode["success"], (episode, wrong)
 
 
 def test_noisy_demos_keep_expert_labels_in_the_rows_gen_writes(tmp_path):
