@@ -192,13 +192,25 @@ def normalize_action(a: np.ndarray | torch.Tensor, q01, q99):
     return lib.where(span == 0, lib.zeros_like(out), out)
 
 
+def uniform_bin(a: np.ndarray | torch.Tensor, n_bins: int):
+    """Index (as a float, unclipped) of the uniform bin on [-1, 1] that each value falls in: bin i
+    covers [-1 + i w, -1 + (i + 1) w), w = 2 / n_bins. The one definition of the "sgvla" action-token
+    bins (`ActionTokenizer`) and of `sgvla demos --token-grid`; callers clip to 0..n_bins-1."""
+    lib = torch if isinstance(a, torch.Tensor) else np
+    return lib.floor((a + 1.0) / (2.0 / n_bins))
+
+
+def uniform_bin_centre(index: np.ndarray | torch.Tensor, n_bins: int):
+    """Centre of uniform bin `index` (see `uniform_bin`): what its action token decodes to."""
+    return -1.0 + (index + 0.5) * (2.0 / n_bins)
+
+
 def snap_to_bins(a: np.ndarray, n_bins: int) -> np.ndarray:
-    """The centre of the uniform bin on [-1, 1] each value falls in (values outside go to the end
-    bins): what an action token of an `n_bins` tokenizer decodes to, so an action already on this
-    grid survives tokenizing unchanged. `sgvla demos --token-grid` records experts this way."""
-    w = 2.0 / n_bins
-    idx = np.clip(np.floor((np.asarray(a, np.float64) + 1.0) / w), 0, n_bins - 1)
-    return (-1.0 + (idx + 0.5) * w).astype(np.asarray(a).dtype)
+    """The centre of the uniform bin each value falls in (values outside [-1, 1] go to the end bins),
+    so an action already on this grid survives tokenizing unchanged. `sgvla demos --token-grid`
+    records experts this way."""
+    idx = np.clip(uniform_bin(np.asarray(a, np.float64), n_bins), 0, n_bins - 1)
+    return uniform_bin_centre(idx, n_bins).astype(np.asarray(a).dtype)
 
 
 def unnormalize_action(a: np.ndarray | torch.Tensor, q01, q99):

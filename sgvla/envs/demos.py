@@ -63,7 +63,7 @@ def check_demo_args(task: str, subtask: str, episodes: int, out: Path, seed: int
                          "noise would record the same trajectory again)")
     if token_grid < 0 or token_grid == 1:
         raise SgvlaError(f"--token-grid {token_grid}: give 0 (off) or the action-token bin count of the model "
-                         "to train (e.g. 63)")
+                         "to train (e.g. 15)")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SgvlaError(f"--out {out} is a file; pass a folder (it receives <subtask>.h5 and .json)")

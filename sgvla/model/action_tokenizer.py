@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sgvla.errors import SgvlaError
+from sgvla.transforms import uniform_bin, uniform_bin_centre
 
 #: Token layouts `ActionTokenizer` understands (see the module doc).
 ACTION_TOKEN_LAYOUTS: tuple[str, ...] = ("sgvla", "minivla")
@@ -74,8 +75,7 @@ class ActionTokenizer:
         a = _tensor(actions).double()
         if self.layout == "minivla":
             return self._digitize(a).sub_(1).clamp_(0, self.n_bins - 1)
-        idx = torch.floor((a - self.low) / self.width).long()
-        return idx.clamp_(0, self.n_bins - 1)
+        return uniform_bin(a, self.n_bins).long().clamp_(0, self.n_bins - 1)
 
     def _digitize(self, a: torch.Tensor) -> torch.Tensor:
         """numpy's `digitize(clip(a, low, high), edges)`: 1..n_bins, and n_bins + 1 for exactly `high`."""
@@ -95,8 +95,7 @@ class ActionTokenizer:
                              "decoded to actions: the model and its tokenizer disagree")
         if self.layout == "minivla":
             return self._centres[(self.begin + self.n_bins - ids).clamp(0, self.n_bins - 1)].float()
-        bins = ids - self.begin
-        return (self.low + (bins.double() + 0.5) * self.width).float()
+        return uniform_bin_centre((ids - self.begin).double(), self.n_bins).float()
 
     def is_action(self, token_ids: torch.Tensor) -> torch.Tensor:
         return (token_ids >= self.begin) & (token_ids < self.end)
