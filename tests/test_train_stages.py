@@ -141,6 +141,35 @@ def test_init_from_a_model_without_expert_adds_one_for_stage3(dataset, setup, tm
         grown.add_flow_expert()
 
 
+def test_init_from_takes_new_expert_sizes_and_refuses_other_architecture_settings(setup, tmp_path):
+    """With `init_from` the loaded weights fix the architecture: a run's setting that would change it
+    is refused by name (it used to be ignored silently), a setting equal to the model's is fine, and
+    a new flow expert gets the run's expert sizes."""
+    from sgvla.model import SGVLAProcessor, save_policy
+
+    _, model, _, _ = setup
+    vla = copy.deepcopy(model)
+    vla.expert, vla.config.use_flow_expert = None, False
+    save_policy(vla, SGVLAProcessor.from_config(vla.config), tmp_path / "vla")
+
+    def run(**model_section):
+        return config_from_dict({"model": {"init_from": str(tmp_path / "vla"), **model_section}})
+
+    grown = modelops.model_config(run(use_flow_expert=True, extra={"expert_hidden_size": 48, "execute_steps": 3}))
+    assert (grown.expert_hidden_size, grown.execute_steps) == (48, 3)
+    built, _ = modelops.build_model(run(use_flow_expert=True, extra={"expert_hidden_size": 48}), None)
+    assert built.expert.width == 48 and built.config.expert_hidden_size == 48
+    same = {"n_action_bins": vla.config.n_action_bins, "text_config": {"num_hidden_layers":
+                                                                       vla.config.text_config.num_hidden_layers}}
+    assert modelops.model_config(run(extra=same)).n_action_bins == vla.config.n_action_bins
+    with pytest.raises(SgvlaError, match=r"model\.extra\.text_config\.num_hidden_layers=7"):
+        modelops.model_config(run(extra={"text_config": {"num_hidden_layers": 7}}))
+    with pytest.raises(SgvlaError, match=r"model\.image_size=112 .*apply only to a model saved without one"):
+        modelops.model_config(run(image_size=112))
+    with pytest.raises(SgvlaError, match=r"model\.extra\.expert_hidden_size=48"):  # no new expert: refused
+        modelops.model_config(run(extra={"expert_hidden_size": 48}))
+
+
 def test_gradient_checkpointing_gives_the_same_step(setup):
     cfg, model, batch, stages = setup
     results = []

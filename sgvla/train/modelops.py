@@ -26,16 +26,50 @@ def _action_stats(stats: dict | None) -> dict | None:
     return {k: list(stats["action"][k]) for k in _ACTION_STAT_KEYS if k in stats["action"]}
 
 
+#: SGVLAConfig fields that only the flow expert reads: a run that attaches a new expert to an
+#: `init_from` model that has none may set them; every other architecture field is the loaded model's.
+EXPERT_FIELDS = ("chunk_size", "flow_steps", "execute_steps", "expert_hidden_size", "expert_intermediate_size",
+                 "flow_weight", "flow_time_beta")
+
+
+def _apply_init_overrides(mc, m, new_expert: bool) -> None:
+    """Hold the run's model settings against the `init_from` model's config. A setting the loaded
+    weights already fix must agree (a silently ignored `--set model.extra.expert_hidden_size=128`
+    would train some other model than the one asked for); the expert's fields apply when the run
+    attaches a new expert."""
+    differ = []
+    for key, want in m.preset_overrides().items():
+        if key in ("aux_weights", "subtask_modes", "use_flow_expert"):
+            continue  # merged on top / handled by the caller
+        name = f"model.{key}" if hasattr(m, key) else f"model.extra.{key}"
+        have = getattr(mc, key, None)
+        if isinstance(want, dict) and hasattr(have, "to_dict"):  # a sub-config such as text_config
+            differ += [f"{name}.{k}={v!r} (the model's: {getattr(have, k, None)!r})"
+                       for k, v in want.items() if getattr(have, k, None) != v]
+        elif new_expert and key in EXPERT_FIELDS:
+            setattr(mc, key, want)
+        elif have != want:
+            differ.append(f"{name}={want!r} (the model's: {have!r})")
+    if differ:
+        raise SgvlaError(f"model.init_from={m.init_from} fixes the model's architecture, but the run sets "
+                         f"{'; '.join(differ)}: drop these settings, or train from the preset without init_from"
+                         + ("" if new_expert else f" (a new flow expert's {', '.join(EXPERT_FIELDS)} apply only "
+                            "to a model saved without one)"))
+    mc.validate_sgvla()
+
+
 def _fit_config(mc, cfg: TrainConfig, stats: dict | None):
     """What every way of building the model shares, applied to its SGVLAConfig after it is made.
 
-    A model started from `init_from` keeps its own aux_weights / subtask_modes but takes the run's
-    on top (a preset gets them as `from_preset` overrides instead), and gets a new flow expert when
-    the run asks for one (`build_model` adds it); the dataset's action statistics travel with the
-    model so that its actions can be un-normalised at inference.
+    A model started from `init_from` keeps its own architecture (`_apply_init_overrides`) and its own
+    aux_weights / subtask_modes but takes the run's on top (a preset gets them as `from_preset`
+    overrides instead), and gets a new flow expert when the run asks for one (`build_model` adds
+    it); the dataset's action statistics travel with the model so that its actions can be
+    un-normalised at inference.
     """
     m = cfg.model
     if m.init_from:
+        _apply_init_overrides(mc, m, new_expert=bool(m.use_flow_expert) and not mc.use_flow_expert)
         for key in ("aux_weights", "subtask_modes"):
             if getattr(m, key) is not None:
                 setattr(mc, key, {**getattr(mc, key), **getattr(m, key)})
@@ -71,9 +105,9 @@ def build_model(cfg: TrainConfig, stats: dict):
     if m.init_from or m.extra.get("components"):
         model, loaded = (load_policy(m.init_from) if m.init_from else
                          load_components(**dict(m.extra["components"]), **m.preset_overrides()))
+        _fit_config(model.config, cfg, stats)  # before the new expert: it reads the run's expert sizes
         if m.init_from and m.use_flow_expert and model.expert is None:
             model.add_flow_expert()  # seeded like a fresh model's: the caller seeds before building
-        _fit_config(model.config, cfg, stats)
         tokenizer = loaded.tokenizer
     else:
         model, tokenizer = SGVLAForActionPrediction(model_config(cfg, stats)), None
