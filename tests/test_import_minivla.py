@@ -63,7 +63,7 @@ def timm_vit(g: torch.Generator | None, dim: int, depth: int, heads: int, mlp: i
     return sd
 
 
-def qwen_config(vocab: int = 576, preset: str = "tiny") -> Qwen2Config:
+def qwen_config(vocab: int = 640, preset: str = "tiny") -> Qwen2Config:
     text = SGVLAConfig.from_preset(preset).text_config.to_dict()
     text["vocab_size"] = vocab
     return Qwen2Config(**{k: v for k, v in text.items() if k not in ("model_type", "transformers_version")})
@@ -231,7 +231,7 @@ def test_projector_and_llm_logits_equal_prismatic_reference(imported):
     torch.testing.assert_close(model.projector(feats), ref_projector(flat_model(ckpt), feats), rtol=1e-5, atol=1e-6)
     ids = torch.tensor([processor.prompt_ids("pick up the bowl")] * 2)
     ours, ref = sgvla_logits(model, dino_px, sig_px, ids), ref_logits(ckpt, dino_px, sig_px, ids)
-    assert ours.shape == ref.shape == (2, ids.shape[1] + GRID * GRID, 576)
+    assert ours.shape == ref.shape == (2, ids.shape[1] + GRID * GRID, 640)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 

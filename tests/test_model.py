@@ -20,6 +20,7 @@ from sgvla.model import (
     SGVLAForActionPrediction,
     SGVLAProcessor,
     build_byte_tokenizer,
+    byte_tokenizer_action_begin,
     load_components,
     load_model,
     load_policy,
@@ -191,6 +192,22 @@ def test_hold_still_decodes_to_exactly_zero_by_default():
     assert even.decode(even.encode(torch.zeros(1))).item() == pytest.approx(even.width / 2)
 
 
+def test_byte_tokenizer_spends_about_a_token_per_word_and_round_trips_any_text():
+    """The offline tokenizer's merges shorten the tiny preset's prompt (the sequence sets its step
+    cost); the chat specials keep Qwen's ids, and text the merges never saw still encodes exactly."""
+    tok, proc = build_byte_tokenizer(), SGVLAProcessor()
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [256, 257, 258]
+    assert tok.pad_token_id is None or tok.pad_token_id == 256
+    prompt = proc.prompt("close the drawer")
+    ids = proc.prompt_ids("close the drawer")
+    assert len(ids) < len(prompt.encode()) / 3 and tok.decode(ids) == prompt
+    for text in ("pick up the 024 bowl", "Ünïcode ✓ and\ttabs\n", "<|im_start|>user\nxyzzy<|im_end|>"):
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert proc.action_token_begin == byte_tokenizer_action_begin() == len(tok.get_vocab())
+    again = build_byte_tokenizer()  # the merges depend on the prompt texts alone
+    assert again.get_vocab() == tok.get_vocab() and again(prompt)["input_ids"] == tok(prompt)["input_ids"]
+
+
 def test_collate_puts_loss_only_on_action_and_end_tokens():
     model = tiny(views=["head_rgb"])
     processor = proc(model)
@@ -315,7 +332,8 @@ def test_padded_chunk_steps_do_not_count_in_the_flow_loss():
 
 def test_token_accuracy_is_argmax_agreement_on_action_tokens():
     model = tiny(views=["head_rgb"], aux_decoders=[]).eval()
-    assert model.config.action_token_begin == 259  # fixed at construction, not on first processor use
+    # fixed at construction, not on first processor use
+    assert model.config.action_token_begin == byte_tokenizer_action_begin()
     batch = make_batch(model, 2)
     with torch.no_grad():
         out = model(**batch, compute=["action"])
@@ -512,7 +530,7 @@ def test_batched_prediction_equals_one_call_per_observation():
     flow from the same per-row noise."""
     model = tiny(views=["head_rgb", "hand_depth"], history=1, text_config={"initializer_range": 0.2}).eval()
     processor = proc(model)
-    texts = ["open the fridge", "pick up the red bowl from the kitchen counter", "close it"]
+    texts = ["open the fridge", "pick up the red bowl from the kitchen counter", "close"]
     obs = [{**observation(i), "history": [observation(10 + i)]} for i in range(3)]
     lengths = {len(processor.prompt_ids(t)) for t in texts}
     assert len(lengths) == 3, lengths
@@ -599,7 +617,7 @@ def test_model_builds_without_a_tokenizer(monkeypatch):
     monkeypatch.setattr(processing_sgvla, "build_byte_tokenizer", refuse)
     monkeypatch.setattr(transformers.Qwen2Tokenizer, "__init__", refuse)
     model = tiny(views=["head_rgb"])
-    assert model.config.action_token_begin == processing_sgvla.BYTE_TOKENIZER_ACTION_BEGIN
+    assert model.config.action_token_begin == processing_sgvla.byte_tokenizer_action_begin()
     assert not any(isinstance(v, (PreTrainedTokenizerBase, SGVLAProcessor)) for v in vars(model).values())
     assert "from_pretrained" not in vars(SGVLAForActionPrediction)
     monkeypatch.undo()
@@ -681,8 +699,9 @@ def test_load_components_uses_second_to_last_layer_features(tmp_path):
     build_byte_tokenizer().save_pretrained(tmp_path / "llm")
     model, processor = load_components(dino=str(tmp_path / "dino"), siglip=str(tmp_path / "siglip"),
                                        llm=str(tmp_path / "llm"), image_size=56, views=["head_rgb"])
-    assert model.config.action_token_begin == 259 and model.config.text_config.vocab_size >= 515
-    assert processor.action_token_begin == 259 and processor.views == ["head_rgb"]
+    begin = byte_tokenizer_action_begin()
+    assert model.config.action_token_begin == begin and model.config.text_config.vocab_size >= begin + 255
+    assert processor.action_token_begin == begin and processor.views == ["head_rgb"]
     x = normalize_for_towers(torch.rand(2, 3, 56, 56))
     with torch.no_grad():
         fused = model.vision(x["dino"], x["siglip"])

@@ -21,7 +21,7 @@ from sgvla.model.configuration_sgvla import (
 )
 from sgvla.model.loading import load_components, load_model, load_policy, load_processor, save_policy
 from sgvla.model.modeling_sgvla import ActionPrediction, SGVLAForActionPrediction, SGVLAOutput
-from sgvla.model.processing_sgvla import SGVLAProcessor, build_byte_tokenizer
+from sgvla.model.processing_sgvla import SGVLAProcessor, build_byte_tokenizer, byte_tokenizer_action_begin
 
 AutoConfig.register(SGVLAConfig.model_type, SGVLAConfig, exist_ok=True)
 AutoModel.register(SGVLAConfig, SGVLAForActionPrediction, exist_ok=True)
@@ -30,5 +30,6 @@ AutoProcessor.register(SGVLAConfig, SGVLAProcessor, exist_ok=True)
 __all__ = [
     "DEFAULT_SUBTASK_MODES", "HUB_COMPONENTS", "PAPER_AUX_WEIGHTS", "PRESETS", "ActionPrediction", "ActionTokenizer",
     "SGVLAConfig", "SGVLAForActionPrediction", "SGVLAOutput", "SGVLAProcessor", "build_byte_tokenizer",
+    "byte_tokenizer_action_begin",
     "load_components", "load_model", "load_policy", "load_processor", "save_policy",
 ]

@@ -48,7 +48,7 @@ _PRESET_SUBCONFIGS: dict[str, dict[str, dict[str, Any]]] = {
         "siglip_config": dict(model_type="siglip_vision_model", hidden_size=48, intermediate_size=96,
                               num_hidden_layers=3, num_attention_heads=2, patch_size=14, image_size=56,
                               vision_use_head=False),
-        "text_config": dict(model_type="qwen2", vocab_size=576, hidden_size=64, intermediate_size=128,
+        "text_config": dict(model_type="qwen2", vocab_size=640, hidden_size=64, intermediate_size=128,
                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                             max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=1e6,
                             rms_norm_eps=1e-6, pad_token_id=256, eos_token_id=256, bos_token_id=None),

@@ -46,10 +46,10 @@ from sgvla.model.configuration_sgvla import ACTION_MODES, TOKEN_DECODINGS, SGVLA
 from sgvla.model.flow_expert import FlowMatchingExpert
 from sgvla.model.processing_sgvla import (
     ACTION_DECODING_FILE,
-    BYTE_TOKENIZER_ACTION_BEGIN,
     IGNORE_INDEX,
     SGVLAProcessor,
     action_decoding,
+    byte_tokenizer_action_begin,
 )
 from sgvla.model.vision import FusedMLPProjector, FusedVisionBackbone
 from sgvla.transforms import CropBoxes, check_raw, raw_to_towers
@@ -131,7 +131,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
             # A config that does not say where the action tokens are gets the offline byte tokenizer's
             # layout (what `SGVLAProcessor.from_config` then builds), fixed in the config before
             # anything (DataLoader workers, save_pretrained) reads it.
-            config.action_token_begin = BYTE_TOKENIZER_ACTION_BEGIN
+            config.action_token_begin = byte_tokenizer_action_begin()
             config.validate_sgvla()
         self.action_tokenizer = ActionTokenizer.from_config(self.config)
         #: Losses `forward` computes when `compute` is not given (None: all enabled ones).
