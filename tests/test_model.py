@@ -147,7 +147,7 @@ def test_every_view_combination_runs(views):
     cams = {v.split("_")[0] for v in views}
     assert set(out.aux_predictions["mask"]) == cams
     for cam in cams:
-        assert out.aux_predictions["mask"][cam].shape == (2, 128, 128)
+        assert out.aux_predictions["mask"][cam].shape == (2, 64, 64)  # the tiny mask_size; targets 128
     assert out.aux_predictions["qpos"].shape == (2, 12)
     assert out.aux_predictions["obj_pose"].shape == (2, 7)
     torch.testing.assert_close(out.aux_predictions["obj_pose"][:, 3:].norm(dim=-1), torch.ones(2))
@@ -296,6 +296,24 @@ def test_invalid_aux_targets_have_zero_weight():
             assert loss.item() == 0.0
             loss.backward()
             assert all(p.grad is None or not p.grad.any() for p in model.aux.heads[name].parameters())
+
+
+def test_a_smaller_mask_decoder_learns_each_cells_fraction_of_the_target():
+    """The tiny preset decodes 64 px masks against the scene's 128 px targets: the loss pools the
+    target 2x2 into soft cell fractions, equal to the loss at a target of that size given directly;
+    a size that does not divide the target's is refused by name."""
+    dec = tiny(views=["head_rgb"]).aux
+    assert dec.mask_size == 64
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(2, 128, 128, generator=g) > 0.7).float()
+    logits = {"head": torch.randn(2, 64, 64, generator=g)}
+    ok = {"head_mask": torch.ones(2, dtype=torch.bool)}
+    fractions = target.reshape(2, 64, 2, 64, 2).mean((2, 4))
+    assert set(fractions.unique().tolist()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    torch.testing.assert_close(dec.loss("mask", logits, {"head_mask": target}, ok),
+                               dec.loss("mask", logits, {"head_mask": fractions}, ok))
+    with pytest.raises(SgvlaError, match=r"head_mask is \(100, 100\).*mask_size=64"):
+        dec.loss("mask", logits, {"head_mask": torch.zeros(2, 100, 100)}, ok)
 
 
 def test_bool_masks_of_the_data_pipeline_give_the_loss_of_their_float_values():

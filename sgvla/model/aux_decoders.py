@@ -146,10 +146,8 @@ class AuxiliaryDecoders(nn.Module):
             for cam, logits in pred.items():
                 key = f"{cam}_mask"
                 t, v = _target(targets, valid, key, logits)
-                if t.shape[-2:] != logits.shape[-2:]:
-                    raise SgvlaError(f"aux target {key} is {tuple(t.shape[-2:])} but config mask_size is "
-                                     f"{self.mask_size}: resize the masks in the data pipeline")
-                bce = F.binary_cross_entropy_with_logits(logits.float(), t.float(), reduction="none")
+                t = _pool_mask(t, self.mask_size, key)
+                bce = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
                 per.append(bce.flatten(1).mean(1))
                 ok.append(v)
             return _valid_mean(torch.cat(per), torch.cat(ok))
@@ -163,6 +161,19 @@ class AuxiliaryDecoders(nn.Module):
         else:
             per = ((pred - t) ** 2).mean(-1)
         return _valid_mean(per, v)
+
+
+def _pool_mask(target: torch.Tensor, size: int, key: str) -> torch.Tensor:
+    """(B, H, W) 0/1 target -> (B, size, size): each cell's fraction of target pixels, a soft BCE
+    target. A decoder smaller than the rendered masks (the tiny preset's 64 px against the scene's
+    128) then learns where the target is at its own resolution, at a fraction of the cost."""
+    h, w = target.shape[-2:]
+    if (h, w) == (size, size):
+        return target.float()
+    if h != w or h % size:
+        raise SgvlaError(f"aux target {key} is {(h, w)}, which config mask_size={size} does not divide: use a "
+                         "mask_size that divides the dataset's masks, or resize them in the data pipeline")
+    return F.avg_pool2d(target.float().unsqueeze(1), h // size).squeeze(1)
 
 
 def _target(targets: dict, valid: dict, key: str, like) -> tuple[torch.Tensor, torch.Tensor]:

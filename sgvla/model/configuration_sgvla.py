@@ -68,8 +68,10 @@ _PRESET_SUBCONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 _PRESET_FIELDS: dict[str, dict[str, Any]] = {
-    "tiny": dict(image_size=56, aux_hidden_size=32, qpos_heads=2, mask_channels=16, expert_hidden_size=32,
-                 expert_intermediate_size=64),
+    # mask_size 64: the 4x4 patch grid upsampled 16x; at the scene's 128 px the mask decoder was half
+    # of a tiny training step with every decoder on (docs/results.md, Speed)
+    "tiny": dict(image_size=56, aux_hidden_size=32, qpos_heads=2, mask_channels=16, mask_size=64,
+                 expert_hidden_size=32, expert_intermediate_size=64),
     "sgvla-1.3b": dict(image_size=224, aux_hidden_size=512, qpos_heads=8, mask_channels=256,
                        expert_hidden_size=512, expert_intermediate_size=2048),
 }
