@@ -107,6 +107,7 @@ def _byte_vocab_and_merges() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[s
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     from sgvla.instructions import template_instruction
+    from sgvla.tasks import SUBTASKS
 
     byte_chars = bytes_to_unicode()
     vocab = {byte_chars[b]: i for i, b in enumerate(range(256))}
@@ -115,7 +116,7 @@ def _byte_vocab_and_merges() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[s
     pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     specials = "|".join(re.escape(t) for t in (END_OF_TEXT, IM_START, IM_END))
-    texts = [part for sub in ("pick", "place", "open", "close") for noun in _MERGE_NOUNS
+    texts = [part for sub in SUBTASKS for noun in _MERGE_NOUNS
              for part in re.split(specials, chat_prompt(template_instruction(sub, noun)))]
     merges = learn_byte_merges(texts, pre.pre_tokenize_str)
     for a, b in merges:
