@@ -28,12 +28,12 @@ CONFIGS = {"tiny": ROOT / "configs" / "tiny.yaml", "cpu_recipe": ROOT / "configs
            "close_only": ROOT / "configs" / "diag_close_only.yaml"}
 
 
-def _model_and_data(config: Path, dataset: Path):
+def _model_and_data(config: Path, dataset: Path, overrides: tuple[str, ...] = ()):
     from sgvla.train import modelops
     from sgvla.train.config import load_config
     from sgvla.train.preflight import inspect_dataset
 
-    cfg = load_config(config, ["data.loader_workers=0"])
+    cfg = load_config(config, ["data.loader_workers=0", *overrides])
     info = dataclasses.asdict(inspect_dataset(str(dataset), cfg, modelops.model_config(cfg)))
     torch.manual_seed(0)
     model, processor = modelops.build_model(cfg, info["stats"])
@@ -41,22 +41,31 @@ def _model_and_data(config: Path, dataset: Path):
     return cfg, model, processor, ds
 
 
-def train_rate(config: Path, dataset: Path, steps: int, device: str = "cpu", warmup: int = 3) -> float:
+def train_rate(config: Path, dataset: Path, steps: int, device: str = "cpu", warmup: int = 3,
+               overrides: tuple[str, ...] = ()) -> float:
     """Samples/s of stage-2 steps (forward, backward, Adam) at the config's micro batch, on batches
     already collated (and on the device): the model's own cost, not the data path's."""
     from torch.utils.data import DataLoader
 
-    from sgvla.train.loop import _to_device, autocast_context
+    from sgvla.train.loop import _to_device
 
-    cfg, model, processor, ds = _model_and_data(config, dataset)
+    cfg, model, processor, ds = _model_and_data(config, dataset, overrides)
     dev = torch.device(device)
-    model.to(dev)
-    model.configure_stage(2)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     loader = DataLoader(ds, batch_size=cfg.train.micro_batch_size, shuffle=True, drop_last=True,
                         collate_fn=processor.collate)
     batches = [_to_device(b, dev) for _, b in zip(range(warmup + steps), _cycle(loader), strict=False)]
+    return step_rate(model.to(dev), batches, warmup, cfg)
+
+
+def step_rate(model, batches: list, warmup: int, cfg) -> float:
+    """Samples/s of stage-2 steps of `model` over `batches` (on its device), the first `warmup`
+    not timed; Adam at the config's learning rate, autocast as the config trains."""
+    from sgvla.train.loop import autocast_context
+
+    dev = next(model.parameters()).device
+    model.configure_stage(2)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     for i, batch in enumerate(batches):
         if i == warmup:
             _sync(dev)
@@ -67,7 +76,7 @@ def train_rate(config: Path, dataset: Path, steps: int, device: str = "cpu", war
         loss.backward()
         opt.step()
     _sync(dev)
-    return cfg.train.micro_batch_size * steps / (time.perf_counter() - t0)
+    return sum(len(b["input_ids"]) for b in batches[warmup:]) / (time.perf_counter() - t0)
 
 
 def loop_rate(config: Path, dataset: Path, steps: int, device: str, batch: int = 16, warmup: int = 20) -> float:

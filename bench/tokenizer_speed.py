@@ -15,7 +15,6 @@ import argparse
 import copy
 import itertools
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,21 +28,11 @@ def bytes_only_tokenizer():
 
     from sgvla.model.processing_sgvla import END_OF_TEXT, IM_END, IM_START, build_byte_tokenizer
 
-    vocab = {k: v for k, v in build_byte_tokenizer().get_vocab().items() if v < 259}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    merged = build_byte_tokenizer()
+    last = max(merged.convert_tokens_to_ids([END_OF_TEXT, IM_START, IM_END]))  # the merges come after
+    tok = Qwen2Tokenizer(vocab={k: v for k, v in merged.get_vocab().items() if v <= last}, merges=[])
     tok.add_special_tokens({"additional_special_tokens": [END_OF_TEXT, IM_START, IM_END]})
     return tok
-
-
-def rate(model, batches: list, warmup: int) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-        opt.step()
-    return len(batches[warmup:]) * len(batches[0]["input_ids"]) / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -71,11 +60,10 @@ def main() -> None:
                 mc.action_token_begin = None  # the tokenizer's: SGVLAProcessor.from_config sets it
             proc = SGVLAProcessor.from_config(mc, tok)
             torch.manual_seed(0)
-            m = SGVLAForActionPrediction(mc).train()
-            m.configure_stage(2)
+            m = SGVLAForActionPrediction(mc)
             batches = [proc.collate(rows[i:i + batch]) for i in range(0, len(rows), batch)]
             prompt = len(proc.prompt_ids(samples[0]["instruction"]))
-            results[name] = rate(m, batches, args.warmup)
+            results[name] = recipe_speed.step_rate(m, batches, args.warmup, cfg)
             print(f"{name}: prompt {prompt} tokens, sequence {batches[0]['input_ids'].shape[1]} text tokens, "
                   f"{results[name]:.1f} samples/s")
         print(f"\ntiny training step, merges / bytes: {results['merges'] / results['bytes']:.2f}x samples/s "

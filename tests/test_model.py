@@ -197,7 +197,7 @@ def test_byte_tokenizer_spends_about_a_token_per_word_and_round_trips_any_text()
     cost); the chat specials keep Qwen's ids, and text the merges never saw still encodes exactly."""
     tok, proc = build_byte_tokenizer(), SGVLAProcessor()
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [256, 257, 258]
-    assert tok.pad_token_id is None or tok.pad_token_id == 256
+    assert (proc.pad_id, proc.end_ids) == (256, [258, 256])  # what collate pads with and ends answers with
     prompt = proc.prompt("close the drawer")
     ids = proc.prompt_ids("close the drawer")
     assert len(ids) < len(prompt.encode()) / 3 and tok.decode(ids) == prompt
