@@ -5,8 +5,9 @@ results.json exists is not evaluated again, so a killed run is continued by re-r
     .venv/bin/python scripts/learning_curve.py RUN [--episodes 10] [--workers 2] [--subtask all]
 
 Snapshots from before stage 3 are evaluated with action tokens (the flow expert is not trained
-yet); the final model with tokens and with flow, and "auto" (the paper's per-subtask choice:
-flow for pick/place, tokens for open/close) is assembled from those two on the same episodes.
+yet); the final model with flow, and with tokens through stage 2's results (stage 3 freezes the
+VLM); "auto" (the paper's per-subtask choice: flow for pick/place, tokens for open/close) is
+assembled from those two on the same episodes.
 Writes RUN/curve/<point>/<mode>/results.{json,md}, RUN/learning_curve.json and .png.
 """
 
@@ -63,9 +64,12 @@ def main() -> None:
     ap.add_argument("--subtask", default="all")
     ap.add_argument("--seed", type=int, default=0, help="first val episode")
     args = ap.parse_args()
-    rows = []
+    rows, evaluated = [], {}
     for step, name, folder in model_points(args.run):
-        tokens = evaluate(folder, args.run / "curve" / name / "tokens", "tokens", args)
+        # stage 3 trains only the flow expert: its action tokens are stage 2's, same episodes
+        tokens = evaluated.get("stage2") if name == "stage3" else None
+        tokens = tokens or evaluate(folder, args.run / "curve" / name / "tokens", "tokens", args)
+        evaluated[name] = tokens
         row = {"step": step, "point": name, "tokens": tokens["aggregate"]}
         if name == "stage3":
             flow = evaluate(folder, args.run / "curve" / name / "flow", "flow", args)
