@@ -348,6 +348,33 @@ def test_padded_chunk_steps_do_not_count_in_the_flow_loss():
     assert not torch.allclose(loss, per_step.mean())
 
 
+def test_flow_samples_draw_several_noises_per_sample_on_one_prefix():
+    """flow_samples K: the loss of the B samples with K (noise, t) draws each is the plain loss of the
+    B*K rows with those draws, each sample's prefix and pads repeated K times in place."""
+    model = tiny(views=["head_rgb"], aux_decoders=[])
+    batch = make_batch(model, 2)
+    k = 3
+    with torch.no_grad():
+        emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
+                                            model.encode_images(batch["pixel_values"]), batch["labels"])
+        plen, pmask = model._prefix_extent(attn, labels)
+        kv = [(layer.keys, layer.values) for layer in model._llm_prefix_cache(emb, attn).past_key_values.layers]
+        actions = batch["action_chunk"]
+        pad = torch.zeros(2, 8, dtype=torch.bool)
+        pad[1, 4:] = True
+        noise, t = torch.randn(2 * k, *actions.shape[1:]), torch.rand(2 * k)
+        rep = [(a.repeat_interleave(k, 0), b.repeat_interleave(k, 0)) for a, b in kv]
+        want = model.expert.loss(actions.repeat_interleave(k, 0), pad.repeat_interleave(k, 0), rep,
+                                 pmask.repeat_interleave(k, 0), plen.repeat_interleave(k, 0),
+                                 model.llm.model.rotary_emb, noise=noise, t=t)
+        model.config.flow_samples = k
+        got = model.expert.loss(actions, pad, kv, pmask, plen, model.llm.model.rotary_emb, noise=noise, t=t)
+        assert torch.equal(got, want)
+        assert model.expert.loss(actions, pad, kv, pmask, plen, model.llm.model.rotary_emb).isfinite()
+    with pytest.raises(SgvlaError, match="flow_samples"):
+        SGVLAConfig.from_preset("tiny", flow_samples=0)
+
+
 def test_token_accuracy_is_argmax_agreement_on_action_tokens():
     model = tiny(views=["head_rgb"], aux_decoders=[]).eval()
     # fixed at construction, not on first processor use

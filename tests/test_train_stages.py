@@ -143,8 +143,8 @@ def test_init_from_a_model_without_expert_adds_one_for_stage3(dataset, setup, tm
 
 def test_init_from_takes_new_expert_sizes_and_refuses_other_architecture_settings(setup, tmp_path):
     """With `init_from` the loaded weights fix the architecture: a run's setting that would change it
-    is refused by name (it used to be ignored silently), a setting equal to the model's is fine, and
-    a new flow expert gets the run's expert sizes."""
+    is refused by name (it used to be ignored silently), a setting equal to the model's is fine, a
+    new flow expert gets the run's expert sizes, and the flow loss's settings always apply."""
     from sgvla.model import SGVLAProcessor, save_policy
 
     _, model, _, _ = setup
@@ -168,6 +168,13 @@ def test_init_from_takes_new_expert_sizes_and_refuses_other_architecture_setting
         modelops.model_config(run(image_size=112))
     with pytest.raises(SgvlaError, match=r"model\.extra\.expert_hidden_size=48"):  # no new expert: refused
         modelops.model_config(run(extra={"expert_hidden_size": 48}))
+    # the flow loss's own settings fix no weight: a run continuing a model with an expert may set them,
+    # and its expert's loss reads them
+    save_policy(model, SGVLAProcessor.from_config(model.config), tmp_path / "with_expert")
+    cont = config_from_dict({"model": {"init_from": str(tmp_path / "with_expert"),
+                                       "extra": {"flow_samples": 4, "flow_time_beta": [1.0, 1.0]}}})
+    built, _ = modelops.build_model(cont, None)
+    assert built.expert.config.flow_samples == 4 and built.expert.config.flow_time_beta == [1.0, 1.0]
 
 
 def test_gradient_checkpointing_gives_the_same_step(setup):

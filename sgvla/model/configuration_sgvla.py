@@ -100,6 +100,9 @@ class SGVLAConfig(PreTrainedConfig):
     round: better closed loop at CPU-scale data). Training is the same for both.
     Flow expert: `use_flow_expert`, `chunk_size` H, `flow_steps` Euler steps, `execute_steps` of the
     chunk run open-loop; expert width `expert_hidden_size` with the LLM's depth and head geometry.
+    `flow_samples` K: the flow loss draws K (noise, time) pairs per sample and averages them, all on
+    the one prefix pass (pi0 draws one); the expert's gradient is then less noisy for almost no extra
+    cost when the VLM dominates a step (docs/results.md, section 1: the flow half of the check).
     Auxiliary decoders: `aux_decoders` (subset of `AUX_NAMES`), `aux_weights`, `aux_detach` (decoders
     that read detached LLM features: stage 1 of the paper).
     `subtask_modes`: "tokens" or "flow" per subtask for `predict_action(mode="auto")`.
@@ -135,6 +138,7 @@ class SGVLAConfig(PreTrainedConfig):
     expert_intermediate_size: int = 2048
     flow_weight: float = 1.0
     flow_time_beta: list[float] | None = None
+    flow_samples: int = 1
     aux_decoders: list[str] | None = None
     aux_weights: dict[str, float] | None = None
     aux_detach: list[str] | None = None
@@ -206,6 +210,9 @@ class SGVLAConfig(PreTrainedConfig):
                              "the data pipeline provides chunk_size future actions")
         if self.token_decoding not in TOKEN_DECODINGS:
             raise SgvlaError(f"config token_decoding={self.token_decoding!r}: use one of {', '.join(TOKEN_DECODINGS)}")
+        if not isinstance(self.flow_samples, int) or self.flow_samples < 1:
+            raise SgvlaError(f"config flow_samples={self.flow_samples!r} must be an integer >= 1 (noise draws "
+                             "per sample in the flow loss)")
         if self.execute_steps < 1 or self.execute_steps > self.chunk_size:
             raise SgvlaError(f"config execute_steps={self.execute_steps} must be in 1..chunk_size "
                              f"({self.chunk_size})")

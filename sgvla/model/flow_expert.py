@@ -117,7 +117,7 @@ class FlowMatchingExpert(nn.Module):
         self.layers = nn.ModuleList(ExpertLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = Qwen2RMSNorm(w, eps=cfg.rms_norm_eps)
         self.action_out = nn.Linear(w, a)
-        self.time_beta = list(config.flow_time_beta)
+        self.config = config  # the loss reads flow_time_beta / flow_samples here: a run may change them
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: PrefixKV, prefix_mask: torch.Tensor | None,
                  prefix_len: torch.Tensor, rotary: Rotary) -> torch.Tensor:
@@ -159,10 +159,17 @@ class FlowMatchingExpert(nn.Module):
     def loss(self, actions: torch.Tensor, pad: torch.Tensor | None, prefix_kv: PrefixKV,
              prefix_mask: torch.Tensor, prefix_len: torch.Tensor, rotary: Rotary,
              noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
-        """Flow-matching MSE over the non-padded steps of the chunk (pad: True = past episode end)."""
+        """Flow-matching MSE over the non-padded steps of the chunk (pad: True = past episode end).
+        With `flow_samples` K > 1 each sample is repeated K times (its prefix K/V shared), each copy
+        with its own noise and time; `noise`/`t` given are then for the B*K rows, sample-major."""
+        k = self.config.flow_samples
+        if k > 1:
+            actions, pad, prefix_mask, prefix_len = (None if x is None else x.repeat_interleave(k, 0)
+                                                     for x in (actions, pad, prefix_mask, prefix_len))
+            prefix_kv = [tuple(x.repeat_interleave(k, 0) for x in pair) for pair in prefix_kv]
         actions = actions.float()
         noise = torch.randn_like(actions) if noise is None else noise.float()
-        t = sample_time(actions.shape[0], self.time_beta, actions.device) if t is None else t.float()
+        t = sample_time(actions.shape[0], self.config.flow_time_beta, actions.device) if t is None else t.float()
         tt = t.view(-1, 1, 1)
         x_t = tt * noise + (1.0 - tt) * actions
         v = self.velocity(x_t, t, prefix_kv, prefix_mask, prefix_len, rotary)

@@ -29,7 +29,10 @@ def _action_stats(stats: dict | None) -> dict | None:
 #: SGVLAConfig fields that only the flow expert reads: a run that attaches a new expert to an
 #: `init_from` model that has none may set them; every other architecture field is the loaded model's.
 EXPERT_FIELDS = ("chunk_size", "flow_steps", "execute_steps", "expert_hidden_size", "expert_intermediate_size",
-                 "flow_weight", "flow_time_beta")
+                 "flow_weight", "flow_time_beta", "flow_samples")
+#: Fields of the flow loss alone (no weight depends on them): a run continuing any `init_from` model
+#: may set them.
+FLOW_LOSS_FIELDS = ("flow_weight", "flow_time_beta", "flow_samples")
 
 
 def _apply_init_overrides(mc, m, new_expert: bool) -> None:
@@ -46,7 +49,7 @@ def _apply_init_overrides(mc, m, new_expert: bool) -> None:
         if isinstance(want, dict) and hasattr(have, "to_dict"):  # a sub-config such as text_config
             differ += [f"{name}.{k}={v!r} (the model's: {getattr(have, k, None)!r})"
                        for k, v in want.items() if getattr(have, k, None) != v]
-        elif new_expert and key in EXPERT_FIELDS:
+        elif key in FLOW_LOSS_FIELDS or (new_expert and key in EXPERT_FIELDS):
             setattr(mc, key, want)
         elif have != want:
             differ.append(f"{name}={want!r} (the model's: {have!r})")
