@@ -33,6 +33,7 @@ EXPERT_FIELDS = ("chunk_size", "flow_steps", "execute_steps", "expert_hidden_siz
 #: Fields of the flow loss alone (no weight depends on them): a run continuing any `init_from` model
 #: may set them.
 FLOW_LOSS_FIELDS = ("flow_weight", "flow_time_beta", "flow_samples")
+_EXPERT_SHAPE = tuple(f for f in EXPERT_FIELDS if f not in FLOW_LOSS_FIELDS)
 
 
 def _apply_init_overrides(mc, m, new_expert: bool) -> None:
@@ -56,7 +57,7 @@ def _apply_init_overrides(mc, m, new_expert: bool) -> None:
     if differ:
         raise SgvlaError(f"model.init_from={m.init_from} fixes the model's architecture, but the run sets "
                          f"{'; '.join(differ)}: drop these settings, or train from the preset without init_from"
-                         + ("" if new_expert else f" (a new flow expert's {', '.join(EXPERT_FIELDS)} apply only "
+                         + ("" if new_expert else f" (a new flow expert's {', '.join(_EXPERT_SHAPE)} apply only "
                             "to a model saved without one)"))
     mc.validate_sgvla()
 
