@@ -327,14 +327,20 @@ def test_bool_masks_of_the_data_pipeline_give_the_loss_of_their_float_values():
     assert torch.equal(model(**batch, compute=["mask"]).losses["mask"], want)
 
 
+def prefix_kv(model, batch: dict):
+    """(per-layer prefix K/V, prefix mask, prefix length) of a batch: what the flow expert reads."""
+    emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
+                                        model.encode_images(batch["pixel_values"]), batch["labels"])
+    plen, pmask = model._prefix_extent(attn, labels)
+    kv = [(layer.keys, layer.values) for layer in model._llm_prefix_cache(emb, attn).past_key_values.layers]
+    return kv, pmask, plen
+
+
 def test_padded_chunk_steps_do_not_count_in_the_flow_loss():
     model = tiny(views=["head_rgb"], aux_decoders=[])
     batch = make_batch(model, 2)
     with torch.no_grad():
-        emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
-                                            model.encode_images(batch["pixel_values"]), batch["labels"])
-        plen, pmask = model._prefix_extent(attn, labels)
-        kv = [(layer.keys, layer.values) for layer in model._llm_prefix_cache(emb, attn).past_key_values.layers]
+        kv, pmask, plen = prefix_kv(model, batch)
         actions = batch["action_chunk"]
         noise, t = torch.randn_like(actions), torch.tensor([0.3, 0.8])
         pad = torch.zeros(2, 8, dtype=torch.bool)
@@ -355,10 +361,7 @@ def test_flow_samples_draw_several_noises_per_sample_on_one_prefix():
     batch = make_batch(model, 2)
     k = 3
     with torch.no_grad():
-        emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
-                                            model.encode_images(batch["pixel_values"]), batch["labels"])
-        plen, pmask = model._prefix_extent(attn, labels)
-        kv = [(layer.keys, layer.values) for layer in model._llm_prefix_cache(emb, attn).past_key_values.layers]
+        kv, pmask, plen = prefix_kv(model, batch)
         actions = batch["action_chunk"]
         pad = torch.zeros(2, 8, dtype=torch.bool)
         pad[1, 4:] = True
@@ -550,10 +553,7 @@ def test_sampling_equals_an_euler_loop_over_velocity():
     model = tiny(views=["head_rgb"], aux_decoders=[]).eval()
     batch = make_batch(model, 2)
     with torch.no_grad():
-        emb, attn, labels = model._assemble(batch["input_ids"], batch["attention_mask"],
-                                            model.encode_images(batch["pixel_values"]), batch["labels"])
-        plen, pmask = model._prefix_extent(attn, labels)
-        kv = [(layer.keys, layer.values) for layer in model._llm_prefix_cache(emb, attn).past_key_values.layers]
+        kv, pmask, plen = prefix_kv(model, batch)
     assert not pmask.all()  # the answer tokens in the cache are masked out
     rotary, steps = model.llm.model.rotary_emb, 5
     noise = torch.randn(2, model.config.chunk_size, model.config.action_dim, generator=torch.Generator().manual_seed(3))
