@@ -79,6 +79,25 @@ def test_init_from_starts_each_cell_from_its_own_seeds_model(tmp_path):
         load_study(_study(tmp_path / "t", [{"name": "a", "config": str(TINY), "init_form": "x"}]))
 
 
+def test_init_from_can_name_another_studys_row(tmp_path):
+    """`{study, out, row}` resolves to that row's run folder (its name hashes the row's config, so
+    a path written by hand goes stale); a wrong row or a study naming itself is a clear error."""
+    vla = _study(tmp_path / "vla", [{"name": "no aux", "config": str(TINY)},
+                                    {"name": "lr", "config": str(TINY), "set": ["optim.lr=0.1"]}], seeds=(0, 4))
+    ref = {"study": "../vla/study.yaml", "out": "../outputs/vla", "row": "lr"}
+    study = load_study(_study(tmp_path / "t5", [{"name": "flow", "config": str(TINY), "init_from": ref}], seeds=(4,)),
+                       dataset=str(tmp_path))
+    target = next(c for c in load_study(vla).cells if c.row.name == "lr" and c.seed == 4)
+    assert study.cells[0].init_from == str(target.run_dir(tmp_path / "outputs" / "vla") / "model")
+    with pytest.raises(SgvlaError, match="row 'nope' is not a row of .*'no aux', 'lr'"):
+        load_study(_study(tmp_path / "bad", [{"name": "f", "config": str(TINY), "init_from": {**ref, "row": "nope"}}]))
+    with pytest.raises(SgvlaError, match="init_from is a model path or"):
+        load_study(_study(tmp_path / "bad", [{"name": "f", "config": str(TINY), "init_from": {"study": "x"}}]))
+    loop = {"study": "study.yaml", "out": "o", "row": "f"}
+    with pytest.raises(SgvlaError, match="refers back to itself"):
+        load_study(_study(tmp_path / "loop", [{"name": "f", "config": str(TINY), "init_from": loop}]))
+
+
 def test_report_shows_the_effect_rate_beside_success(tmp_path):
     """Where success is rare, the subtask's effect reached at some step is what tells rows apart."""
     from sgvla.study.report import markdown, summarize

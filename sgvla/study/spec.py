@@ -10,11 +10,15 @@ with which seeds, on which data, and how each cell is evaluated.
       - {name: no aux, config: ../cpu_recipe.yaml, set: ["model.aux_decoders=[]"]}
       - {name: flow, config: ../cpu_recipe.yaml, mode: flow}   # same training as another row: trained once
       - {name: expert on a VLA, config: ../stage3.yaml, init_from: ../runs/vla-seed{seed}/model, mode: flow}
+      - {name: expert on a row, config: ../stage3.yaml, mode: flow,
+         init_from: {study: table3_small.yaml, out: ../../outputs/t3, row: no aux}}
 
 Rows whose training config (after overrides) is identical share their runs: Table 5 compares two
 evaluation modes of one trained model, not two trainings. `init_from` starts each cell from a
 saved model (`{seed}` becomes the cell's training seed), e.g. the VLA of another study's cell of
 the same seed, so that a stage-3-only row adds a flow expert to it without training a VLA again.
+Naming that cell by study file, output folder and row, rather than by its run folder, keeps the
+reference valid when the folder's name changes (it hashes the row's whole training config).
 """
 
 from __future__ import annotations
@@ -49,13 +53,18 @@ class Row:
         return re.sub(r"[^A-Za-z0-9]+", "-", self.name).strip("-").lower() or "row"
 
 
+def run_dir(out: Path, train_key: str, seed: int | str) -> Path:
+    """One training's folder in a study's output; `seed` may be the placeholder "{seed}"."""
+    return Path(out) / "runs" / f"{train_key}-seed{seed}"
+
+
 @dataclass(frozen=True)
 class Cell:
     row: Row
     seed: int
 
     def run_dir(self, out: Path) -> Path:
-        return Path(out) / "runs" / f"{self.row.train_key}-seed{self.seed}"
+        return run_dir(out, self.row.train_key, self.seed)
 
     def eval_dir(self, out: Path) -> Path:
         return Path(out) / "evals" / self.row.slug / f"seed-{self.seed}"
@@ -105,9 +114,25 @@ def _local(base: Path, value: str) -> str:
     return str(p) if value.startswith((".", "/", "~")) or p.exists() else value
 
 
-def load_study(path: Path, dataset: str | None = None) -> Study:
+def _row_model(base: Path, ref: object, where: str, seen: tuple[Path, ...]) -> str:
+    """`init_from: {study, out, row}`: that study's row's model of the cell's seed, as a path with
+    "{seed}" left in (the referenced study need not have run yet: its cells' folders are known)."""
+    if not isinstance(ref, dict) or set(ref) != {"study", "out", "row"}:
+        raise SgvlaError(f"{where}: init_from is a model path or {{study: FILE, out: DIR, row: NAME}}, got {ref!r}")
+    other = load_study(Path(_local(base, str(ref["study"]))), _seen=seen)
+    rows = {r.name: r for r in other.rows}
+    if ref["row"] not in rows:
+        raise SgvlaError(f"{where}: init_from row {ref['row']!r} is not a row of {ref['study']} "
+                         f"(its rows: {', '.join(map(repr, rows))})")
+    return str(run_dir(Path(_local(base, str(ref["out"]))), rows[ref["row"]].train_key, "{seed}") / "model")
+
+
+def load_study(path: Path, dataset: str | None = None, _seen: tuple[Path, ...] = ()) -> Study:
     """Parse and check a study file (every row's config is loaded and validated)."""
     path = Path(path)
+    if path.resolve() in _seen:
+        raise SgvlaError(f"study file {path} refers back to itself through init_from: {list(map(str, _seen))}")
+    _seen = (*_seen, path.resolve())
     if not path.is_file():
         raise SgvlaError(f"study file {path} does not exist: give a YAML file such as configs/studies/*.yaml")
     try:
@@ -152,7 +177,11 @@ def load_study(path: Path, dataset: str | None = None) -> Study:
         if mode not in EVAL_MODES:
             raise SgvlaError(f"study file {path}, row {r['name']!r}: mode {mode!r} is not one of {EVAL_MODES}")
         overrides = tuple(str(s) for s in (r.get("set") or []))
-        init_from = _local(base, str(r["init_from"])) if r.get("init_from") else None
+        init_from = r.get("init_from")
+        if isinstance(init_from, dict):
+            init_from = _row_model(base, init_from, f"study file {path}, row {r['name']!r}", _seen)
+        elif init_from:
+            init_from = _local(base, str(init_from))
         try:
             key = _train_key(config, overrides + ((f"model.init_from={init_from}",) if init_from else ()))
         except SgvlaError as e:
