@@ -96,6 +96,11 @@ def test_init_from_can_name_another_studys_row(tmp_path):
     loop = {"study": "study.yaml", "out": "o", "row": "f"}
     with pytest.raises(SgvlaError, match="refers back to itself"):
         load_study(_study(tmp_path / "loop", [{"name": "f", "config": str(TINY), "init_from": loop}]))
+    # run before the study it starts from: its cells wait (nothing recorded), they do not fail
+    res = CliRunner().invoke(app, ["study", str(tmp_path / "t5" / "study.yaml"), "--out", str(tmp_path / "o5"),
+                                   "--dataset", str(tmp_path)])
+    assert res.exit_code == 0 and "1 cell(s) wait for the model they start from" in res.output, res.output
+    assert not list((tmp_path / "o5").rglob("cell.json"))
 
 
 def test_report_shows_the_effect_rate_beside_success(tmp_path):

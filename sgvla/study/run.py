@@ -129,6 +129,16 @@ def pending_groups(study: Study, out: Path, retry_failed: bool) -> dict[str, lis
     return groups
 
 
+def missing_start(cell: Cell, out: Path) -> str | None:
+    """The local model the cell's training starts from, when it is not there yet (the study that
+    makes it has not finished that seed): such a cell waits rather than failing, so a re-run after
+    that study picks it up without --retry-failed."""
+    src = cell.init_from
+    if not src or not Path(src).is_absolute() or (cell.run_dir(out) / "model" / "config.json").is_file():
+        return None
+    return None if (Path(src) / "config.json").is_file() else src
+
+
 def run_study(study_path: Path, out: Path, dataset: str | None = None, parallel: int = 1,
               ray_address: str | None = None, retry_failed: bool = False) -> dict:
     """Run every pending cell of the study, then write the report; returns the report."""
@@ -145,8 +155,13 @@ def run_study(study_path: Path, out: Path, dataset: str | None = None, parallel:
         _check_plan(out, study)
         groups = pending_groups(study, out, retry_failed)
         done = len(study.cells) - sum(len(c) for c in groups.values())
+        waiting = {k: src for k, c in groups.items() if (src := missing_start(c[0], out))}
         print(f"study {study.name}: {len(study.cells)} cells ({len(study.rows)} rows x {len(study.seeds)} seeds), "
-              f"{done} already finished, {len(groups)} run group(s) to do", file=sys.stderr)
+              f"{done} already finished, {len(groups) - len(waiting)} run group(s) to do", file=sys.stderr)
+        if waiting:
+            print(f"{sum(len(groups.pop(k)) for k in waiting)} cell(s) wait for the model they start from, not "
+                  f"there yet ({next(iter(waiting.values()))}): finish the study that writes it, then re-run "
+                  "this command", file=sys.stderr)
         if groups:
             _run_groups(study, out, groups, parallel, ray_address)
         return write_report(study, out)
