@@ -91,6 +91,9 @@ def test_init_from_can_name_another_studys_row(tmp_path):
     assert study.cells[0].init_from == str(target.run_dir(tmp_path / "outputs" / "vla") / "model")
     with pytest.raises(SgvlaError, match="row 'nope' is not a row of .*'no aux', 'lr'"):
         load_study(_study(tmp_path / "bad", [{"name": "f", "config": str(TINY), "init_from": {**ref, "row": "nope"}}]))
+    with pytest.raises(SgvlaError, match="row 'f'.*init_from: study file .*nowhere.yaml does not exist"):
+        load_study(_study(tmp_path / "bad", [{"name": "f", "config": str(TINY),
+                                              "init_from": {**ref, "study": "nowhere.yaml"}}]))
     with pytest.raises(SgvlaError, match="init_from is a model path or"):
         load_study(_study(tmp_path / "bad", [{"name": "f", "config": str(TINY), "init_from": {"study": "x"}}]))
     loop = {"study": "study.yaml", "out": "o", "row": "f"}

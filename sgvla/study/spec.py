@@ -119,7 +119,10 @@ def _row_model(base: Path, ref: object, where: str, seen: tuple[Path, ...]) -> s
     "{seed}" left in (the referenced study need not have run yet: its cells' folders are known)."""
     if not isinstance(ref, dict) or set(ref) != {"study", "out", "row"}:
         raise SgvlaError(f"{where}: init_from is a model path or {{study: FILE, out: DIR, row: NAME}}, got {ref!r}")
-    other = load_study(Path(_local(base, str(ref["study"]))), _seen=seen)
+    try:
+        other = load_study(Path(_local(base, str(ref["study"]))), _seen=seen)
+    except SgvlaError as e:
+        raise SgvlaError(f"{where}: init_from: {e}") from None
     rows = {r.name: r for r in other.rows}
     if ref["row"] not in rows:
         raise SgvlaError(f"{where}: init_from row {ref['row']!r} is not a row of {ref['study']} "
