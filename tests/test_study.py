@@ -202,6 +202,19 @@ def test_shipped_study_files_load():
             assert study.dataset == str(ROOT / "outputs" / "cpu_recipe" / "dataset")
 
 
+def test_small_table4_studies_ask_the_papers_question():
+    """The CPU-scale Table 4 studies compare the decoder sets of the paper-scale one (no decoders,
+    then mask and object pose), not some other pair: their reading is set against the paper's."""
+    from sgvla.train.config import load_config
+
+    def decoders(name: str) -> list[list[str]]:
+        study = load_study(ROOT / "configs" / "studies" / f"{name}.yaml", dataset="someone/data")
+        return [sorted(load_config(r.config, list(r.overrides)).model.aux_decoders) for r in study.rows]
+
+    assert decoders("table4_paper") == [[], ["mask", "obj_pose"]]
+    assert decoders("table4_small") == decoders("table4_place48") == decoders("table4_paper")
+
+
 def test_a_killed_or_interrupted_cell_is_retried_not_failed():
     from sgvla.study.run import _failure
 
