@@ -159,8 +159,8 @@ def run_study(study_path: Path, out: Path, dataset: str | None = None, parallel:
         print(f"study {study.name}: {len(study.cells)} cells ({len(study.rows)} rows x {len(study.seeds)} seeds), "
               f"{done} already finished, {len(groups) - len(waiting)} run group(s) to do", file=sys.stderr)
         if waiting:
-            held = [cell for k in waiting for cell in groups.pop(k)]
-            print(f"{len(held)} cell(s) wait for the model they start from, not "
+            held = sum(len(groups.pop(k)) for k in waiting)
+            print(f"{held} cell(s) wait for the model they start from, not "
                   f"there yet ({next(iter(waiting.values()))}): finish the study that writes it, then re-run "
                   "this command", file=sys.stderr)
         if groups:
