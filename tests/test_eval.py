@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from sgvla import provenance
 from sgvla.cli import app
 from sgvla.eval.runner import run_eval
 from sgvla.tasks import SPLIT_SIZE
@@ -44,6 +45,7 @@ def test_expert_succeeds_random_fails_and_reruns_repeat(tmp_path):
     saved = json.loads((tmp_path / "expert" / "results.json").read_text())
     val = list(range(SPLIT_SIZE, SPLIT_SIZE + 4))  # held-out episodes by default
     assert saved["split"] == "val" and saved["seeds"] == val and [e["seed"] for e in saved["episodes"]] == val
+    assert saved["software"] == provenance.software()  # which libraries and CPU measured it
     table = (tmp_path / "expert" / "results.md").read_text()
     assert "| Pick | Place | Open | Close | Avg. |" in table and f"val episodes (reset seeds {val[0]}.." in table
 

@@ -17,6 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
+from sgvla import provenance
 from sgvla.datagen.pipeline import DEMOS_DIR, run_gen
 from sgvla.dataset.layout import MANIFEST_PATH, find_shards
 
@@ -86,6 +87,7 @@ def test_dataset_loads_with_typed_features_and_whole_episodes(built):
         assert len(set(e["instruction"])) == 1 and e["instruction"][0]
     manifest = json.loads((built / MANIFEST_PATH).read_text())
     assert len(manifest["kept"]) == len(eps) and not manifest["failed"]
+    assert manifest["software"] == provenance.software()  # which simulator and libraries recorded it
     assert (built / "README.md").is_file() and (built / "meta" / "stats.json").is_file()
 
 

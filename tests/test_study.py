@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from sgvla import provenance
 from sgvla.cli import app
 from sgvla.errors import SgvlaError
 from sgvla.study.report import seed_interval
@@ -173,6 +174,7 @@ def test_study_runs_resumes_and_records_a_failed_cell(tmp_path):
     done = [c for c in report["cells"] if c["status"] == "done"]
     assert all(len(c["episodes"]) == 1 and c["episodes"][0]["seed"] >= 1_000_000 for c in done)  # val episodes
     assert {c["mode"] for c in done} == {"tokens", "flow"}
+    assert all(c["software"] == provenance.software() for c in done)  # what measured each cell
     assert (out / "study.png").stat().st_size > 0 and "| tokens |" in (out / "results.md").read_text()
 
     # Re-run: nothing finished is recomputed; a cell whose process was killed (no record) is redone.

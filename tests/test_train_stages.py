@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from sgvla import provenance
 from sgvla.dataset.synthetic import write_synthetic_dataset
 from sgvla.errors import SgvlaError
 from sgvla.train import modelops
@@ -298,6 +300,7 @@ def test_output_holding_another_run_and_incompatible_resume(dataset, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(TINY, ["train.global_batch_size=4", "train.micro_batch_size=4"])
     write_run_file(out, cfg, str(dataset.resolve()), 1)
+    assert json.loads((out / "run.json").read_text())["software"] == provenance.software()
     small = ["train.global_batch_size=4", "train.micro_batch_size=4"]
     # A start that failed before its first step (run.json written, then no CPUs / no cluster) leaves
     # the folder free: the corrected command starts anew, with or without --resume.

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import sgvla
 from sgvla.datagen import mshab
 from sgvla.datagen.plan import (
     ShardPlan,
@@ -44,6 +43,7 @@ from sgvla.dataset.atomic import folder_lock, write_json_atomic
 from sgvla.dataset.layout import MANIFEST_PATH, PLAN_PATH, find_shards, read_json
 from sgvla.dataset.schema import source_name
 from sgvla.errors import SgvlaError
+from sgvla.provenance import software
 from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, SPLITS, split_of_seed, subtasks_for
 
@@ -401,8 +401,8 @@ def _manifest(root: Path, command_line: str, errors: dict[tuple[str, str, int], 
                                "subtask": e.subtask, "source": f"{source_name(e.source)}:{e.traj}",
                                "status": "failed",
                                "reason": why})
-    return {"command_line": command_line, "sgvla_version": sgvla.__version__, "sources": sorted(sources),
-            "kept": kept, "dropped": dropped, "failed": failed}
+    return {"command_line": command_line, "software": software(),
+            "sources": sorted(sources), "kept": kept, "dropped": dropped, "failed": failed}
 
 
 def _summary(manifest: dict, config: str, split: str) -> str:

@@ -26,6 +26,7 @@ from sgvla.errors import SgvlaError
 from sgvla.eval.policies import REPLAY_PREFIX, first_demo_actions, is_reference, is_server
 from sgvla.eval.report import aggregate, markdown_table, write_results
 from sgvla.hub import names_hub_repo
+from sgvla.provenance import software
 from sgvla.raysession import RaySession
 from sgvla.tasks import BUILTIN_TASK, split_seeds, subtasks_for
 from sgvla.vocab import VIEWS, view_kind  # what every env family renders: both cameras, RGB and depth
@@ -268,7 +269,7 @@ def run_eval(model: str, task: str, subtask: str, episodes: int, out: Path, mode
     results = {"model": model, "task": task, "mode": "reference" if is_reference(model) else mode,
                "token_decoding": token_decoding, "noise_seed": noise_seed, "split": split, "seed": seed,
                "seeds": seeds, "views": views, "max_steps": max_steps, "batch_envs": batch_envs,
-               "episodes": records, "aggregate": aggregate(records)}
+               "software": software(), "episodes": records, "aggregate": aggregate(records)}
     json_path, md_path = write_results(out, results)
     print(markdown_table(results))
     print(f"\nresults: {json_path} and {md_path}" + (f"; videos in {out / 'videos'}" if video else ""))

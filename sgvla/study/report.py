@@ -51,6 +51,7 @@ def collect(study: Study, out: Path) -> list[dict]:
             rec["average"] = res["aggregate"]["average_success_rate"]
             rec["seeds"] = res["seeds"]
             rec["episodes"] = res["episodes"]
+            rec["software"] = res.get("software")  # None for evaluations from before sgvla.provenance
         cells.append(rec)
     return cells
 

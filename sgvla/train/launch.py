@@ -26,6 +26,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from sgvla import provenance
 from sgvla.errors import Interrupted, SgvlaError
 from sgvla.raysession import RaySession
 from sgvla.train import modelops
@@ -105,9 +106,13 @@ def run_train(config: Path, dataset: str, output: Path, workers: int = 1, gpus_p
     clean_stale_temp(output)
     if prior is None:
         write_run_file(output, cfg, info.source, workers)
-    elif prior.get("workers") != workers:
-        print(f"note: resuming with --workers {workers} (the run used {prior.get('workers')}): the data "
-              "order is kept, float results may differ slightly")
+    else:
+        if prior.get("workers") != workers:
+            print(f"note: resuming with --workers {workers} (the run used {prior.get('workers')}): the data "
+                  "order is kept, float results may differ slightly")
+        if changed := provenance.changes(prior.get("software")):
+            print(f"note: resuming with other software or machine than the run started on ({'; '.join(changed)}): "
+                  "float results may differ from an uninterrupted run")
 
     session = _start_ray(ray_address, workers, cfg.train.cpus_per_worker, gpus_per_worker)
     try:

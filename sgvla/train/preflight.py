@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sgvla.errors import SgvlaError, load_json
+from sgvla.provenance import software
 from sgvla.tasks import SUBTASKS
 from sgvla.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_state
 from sgvla.train.config import TrainConfig
@@ -270,7 +271,7 @@ def write_run_file(output: Path, cfg: TrainConfig, dataset: str, workers: int) -
     write_text_atomic(output / CONFIG_FILE, cfg.to_yaml())
     write_json_atomic(output / RUN_FILE, {"fingerprint": cfg.compat_fingerprint(), "dataset": dataset,
                                           "workers": workers, "compat": cfg.compat_view(),
-                                          "run_id": uuid.uuid4().hex[:12]})
+                                          "run_id": uuid.uuid4().hex[:12], "software": software()})
 
 
 def run_id(output: Path) -> str:
