@@ -413,12 +413,14 @@ def study(
     parallel: int = typer.Option(1, help="Run groups (one training + its evaluations) at once."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster."),
     retry_failed: bool = typer.Option(False, help="Run cells that failed before again."),
+    only: list[str] | None = typer.Option(None, help="Run only these cells: ROW@SEED, ROW (every seed) or @SEED "
+                                                     "(every row); repeatable. The report still lists every cell."),
 ) -> None:
     """Train and evaluate a grid of configs x seeds; resumable; writes the paper-style table."""
     from sgvla.study.run import run_study
 
     run_study(study_file, out, dataset=dataset, parallel=parallel, ray_address=ray_address,
-              retry_failed=retry_failed)
+              retry_failed=retry_failed, only=only)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -135,6 +135,23 @@ def test_pending_cells_run_seed_by_seed(tmp_path):
     assert order == [("a", 3), ("b", 3), ("a", 1), ("b", 1)]
 
 
+def test_only_picks_cells_and_names_a_bad_pick(tmp_path):
+    """--only shares one study out over machines or sessions: ROW@SEED, ROW or @SEED."""
+    from sgvla.study.run import select_cells
+
+    study = load_study(_study(tmp_path, [{"name": "a", "config": str(TINY)},
+                                         {"name": "b@2", "config": str(TINY), "set": ["optim.lr=0.1"]}],
+                              seeds=(0, 2)), dataset=str(tmp_path))
+    pick = lambda *only: [(c.row.name, c.seed) for c in select_cells(study, list(only))]  # noqa: E731
+    assert pick() == [("a", 0), ("a", 2), ("b@2", 0), ("b@2", 2)]
+    assert pick("a@2", "@0") == [("a", 2), ("a", 0), ("b@2", 0)]
+    assert pick("b@2") == [("b@2", 0), ("b@2", 2)] and pick("b@2@0", "a", "a@0") == [("b@2", 0), ("a", 0), ("a", 2)]
+    with pytest.raises(SgvlaError, match=r"--only 'c@0': the study has no row 'c'; its rows: \['a', 'b@2'\]"):
+        select_cells(study, ["c@0"])
+    with pytest.raises(SgvlaError, match=r"--only 'a@1': '1' is not one of the study's seeds \[0, 2\]"):
+        select_cells(study, ["a@1"])
+
+
 def test_parallel_groups_get_the_cpus_they_ask_for(tmp_path):
     """An evaluation on 2 workers beside a training on 1 is 3 logical CPUs: a private Ray sized to
     a 2-core machine would leave the training unplaced until Ray Train gives up."""
@@ -181,6 +198,9 @@ def test_study_runs_resumes_and_records_a_failed_cell(tmp_path):
     results = {c: (out / "evals" / c / "seed-0" / "results.json") for c in ("tokens", "flow")}
     before = {c: p.stat().st_mtime_ns for c, p in results.items()}
     shutil.rmtree(out / "evals" / "flow")
+    res = runner.invoke(app, ["study", str(path), "--out", str(out), "--only", "tokens@0"])  # flow not picked
+    assert res.exit_code == 0 and "--only picks 1 of them, 1 already finished, 0 run group(s)" in res.output, res.output
+    assert {c["row"]: c["status"] for c in json.loads((out / "study.json").read_text())["cells"]}["flow"] == "pending"
     res = runner.invoke(app, ["study", str(path), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert results["tokens"].stat().st_mtime_ns == before["tokens"]

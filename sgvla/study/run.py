@@ -118,11 +118,31 @@ def _check_plan(out: Path, study: Study) -> None:
                          "use a new --out for a different study (finished cells there are kept)")
 
 
-def pending_groups(study: Study, out: Path, retry_failed: bool) -> dict[str, list[Cell]]:
+def select_cells(study: Study, only: list[str] | None) -> list[Cell]:
+    """The cells `--only` names (all when it names none): "ROW@SEED", "ROW" (every seed) or "@SEED"
+    (every row), so one study can be shared out over machines or sessions into one --out."""
+    if not only:
+        return study.cells
+    names = [r.name for r in study.rows]
+    chosen: list[Cell] = []
+    for spec in only:
+        row, _, seed = (spec, "", "") if spec in names else spec.rpartition("@") if "@" in spec else (spec, "", "")
+        if row and row not in names:
+            raise SgvlaError(f"--only {spec!r}: the study has no row {row!r}; its rows: {names} "
+                             "(give ROW@SEED, ROW or @SEED)")
+        if seed and (not seed.strip().isdigit() or int(seed) not in study.seeds):
+            raise SgvlaError(f"--only {spec!r}: {seed!r} is not one of the study's seeds {list(study.seeds)}")
+        chosen += [c for c in study.cells if (not row or c.row.name == row) and (not seed or c.seed == int(seed))
+                   and c not in chosen]
+    return chosen
+
+
+def pending_groups(study: Study, out: Path, retry_failed: bool,
+                   cells: list[Cell] | None = None) -> dict[str, list[Cell]]:
     """Run folder -> the cells still to do that use it, seed by seed (every row of the first seed,
     then of the next): a study stopped part-way holds whole comparisons, not one row's seeds."""
     groups: dict[str, list[Cell]] = {}
-    for cell in sorted(study.cells, key=lambda c: study.seeds.index(c.seed)):  # stable: rows keep their order
+    for cell in sorted(study.cells if cells is None else cells, key=lambda c: study.seeds.index(c.seed)):
         st = cell_status(out, cell)
         if st is None or (retry_failed and st.get("status") == "failed"):
             groups.setdefault(str(cell.run_dir(out)), []).append(cell)
@@ -140,24 +160,26 @@ def missing_start(cell: Cell, out: Path) -> str | None:
 
 
 def run_study(study_path: Path, out: Path, dataset: str | None = None, parallel: int = 1,
-              ray_address: str | None = None, retry_failed: bool = False) -> dict:
-    """Run every pending cell of the study, then write the report; returns the report."""
+              ray_address: str | None = None, retry_failed: bool = False, only: list[str] | None = None) -> dict:
+    """Run every pending cell of the study (of those `only` names), then write the report; returns it."""
     from sgvla.study.report import write_report
 
     if parallel < 1:
         raise SgvlaError(f"--parallel must be at least 1 (got {parallel})")
     study = load_study(study_path, dataset)
+    cells = select_cells(study, only)
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise SgvlaError(f"--out {out} is a file: give a folder for the study")
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "`sgvla study`"):
         _check_plan(out, study)
-        groups = pending_groups(study, out, retry_failed)
-        done = len(study.cells) - sum(len(c) for c in groups.values())
+        groups = pending_groups(study, out, retry_failed, cells)
+        done = len(cells) - sum(len(c) for c in groups.values())
         waiting = {k: src for k, c in groups.items() if (src := missing_start(c[0], out))}
-        print(f"study {study.name}: {len(study.cells)} cells ({len(study.rows)} rows x {len(study.seeds)} seeds), "
-              f"{done} already finished, {len(groups) - len(waiting)} run group(s) to do", file=sys.stderr)
+        chosen = f"; --only picks {len(cells)} of them" if only else ""
+        print(f"study {study.name}: {len(study.cells)} cells ({len(study.rows)} rows x {len(study.seeds)} seeds)"
+              f"{chosen}, {done} already finished, {len(groups) - len(waiting)} run group(s) to do", file=sys.stderr)
         if waiting:
             held = sum(len(groups.pop(k)) for k in waiting)
             print(f"{held} cell(s) wait for the model they start from, not "
