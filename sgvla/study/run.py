@@ -126,7 +126,7 @@ def select_cells(study: Study, only: list[str] | None) -> list[Cell]:
     names = [r.name for r in study.rows]
     chosen: list[Cell] = []
     for spec in only:
-        row, _, seed = (spec, "", "") if spec in names else spec.rpartition("@") if "@" in spec else (spec, "", "")
+        row, _, seed = spec.rpartition("@") if "@" in spec and spec not in names else (spec, "", "")
         if row and row not in names:
             raise SgvlaError(f"--only {spec!r}: the study has no row {row!r}; its rows: {names} "
                              "(give ROW@SEED, ROW or @SEED)")
@@ -142,7 +142,8 @@ def pending_groups(study: Study, out: Path, retry_failed: bool,
     """Run folder -> the cells still to do that use it, seed by seed (every row of the first seed,
     then of the next): a study stopped part-way holds whole comparisons, not one row's seeds."""
     groups: dict[str, list[Cell]] = {}
-    for cell in sorted(study.cells if cells is None else cells, key=lambda c: study.seeds.index(c.seed)):
+    for cell in sorted(study.cells if cells is None else cells,
+                       key=lambda c: study.seeds.index(c.seed)):  # stable: rows keep their order
         st = cell_status(out, cell)
         if st is None or (retry_failed and st.get("status") == "failed"):
             groups.setdefault(str(cell.run_dir(out)), []).append(cell)
