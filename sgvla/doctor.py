@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sgvla.provenance import package_version
 from sgvla.tasks import BUILTIN_TASK, subtasks_for
 
 MANISKILL_PIN = "3.0.1"
@@ -51,9 +52,8 @@ def _rendering() -> Check:
 
 
 def _maniskill() -> Check:
-    try:
-        version = importlib.metadata.version("mani_skill")
-    except importlib.metadata.PackageNotFoundError:
+    version = package_version("mani_skill")
+    if version is None:
         return Check("ManiSkill", False, "run `bash scripts/setup.sh`")
     return Check(f"ManiSkill {version}", version == MANISKILL_PIN,
                  "" if version == MANISKILL_PIN else f"sgvla is pinned to mani_skill=={MANISKILL_PIN}; installing "

@@ -26,10 +26,11 @@ def software() -> dict:
     """sgvla's version and commit, Python, OS, CPU model and the versions of PACKAGES (None: not installed)."""
     return {"sgvla": sgvla.__version__, "git_commit": _git_commit(), "python": platform.python_version(),
             "platform": platform.platform(), "cpu": _cpu_model(),
-            "packages": {p: _version(p) for p in PACKAGES}}
+            "packages": {p: package_version(p) for p in PACKAGES}}
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed distribution's version, None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
