@@ -12,7 +12,9 @@ rounding through the closed loop (compare such results at one K).
 Episode i of a subtask is episode seed + i of the split: on the built-in scene the val split's
 reset seeds never meet the train split's that `sgvla demos` records (`sgvla.tasks.split_seeds`);
 MS-HAB evaluates on its own val scenes. Every
-source of randomness in the policy is seeded from the episode, so a rerun gives the same episodes.
+source of randomness in the policy is seeded from the episode, and on the built-in scene every
+episode starts in a freshly built scene (`FRESH_SCENE_EVERY_EPISODE`), so a rerun gives the same
+episodes whatever the number of workers or the order in which they take their jobs.
 """
 
 from __future__ import annotations
@@ -74,12 +76,20 @@ class EvalWorker:
         return [r.to_dict() for r in run_episodes(envs, self.policy, subtask, list(seeds), horizon, videos)]
 
 
+#: The built-in scene is rebuilt at every reset (ManiSkill's `reconfiguration_freq`): PhysX keeps
+#: contact and solver state across a plain reset, so an episode's trajectory would depend on which
+#: episodes its worker ran before, and that on scheduling (the scripted expert's place trajectory
+#: moved by 0.004 rad from its first step after two other episodes). A rebuild costs about 0.2 s,
+#: under 1% of an episode. MS-HAB's apartments take seconds to build and are not rebuilt.
+FRESH_SCENE_EVERY_EPISODE = {"reconfiguration_freq": 1}
+
+
 def make_eval_env(task: str, subtask: str, obs_mode: str):
     """The built-in scene, or MS-HAB's {Subtask}SubtaskTrain-v0 (val split) when mshab is installed."""
     if task == BUILTIN_TASK:
         from sgvla.envs import make_env
 
-        return make_env(task, subtask, obs_mode=obs_mode)
+        return make_env(task, subtask, obs_mode=obs_mode, **FRESH_SCENE_EVERY_EPISODE)
     from sgvla.eval.mshab_env import make_mshab_env
 
     return make_mshab_env(task, subtask, obs_mode=obs_mode)
