@@ -8,9 +8,10 @@ envs in lockstep with one batched model call per step (`sgvla eval --batch-envs 
 is also printed as a ratio to K = 1 (the model's start-up includes building its K scenes).
 
 Only steady-state episodes are timed: each policy runs in the `EvalWorker` that `sgvla eval`'s Ray
-actors run, which loads the model and builds the scene once and reuses them; that start-up and one
-warm-up episode per env (seeds 1000.., not counted) are reported apart, because an evaluation of
-many episodes pays them once while a short benchmark would otherwise be dominated by them.
+actors run, which loads the model and makes its envs once (each episode then rebuilds its scene, as
+in `sgvla eval`; bench/eval_fresh_scene.py measures that share); that start-up and one warm-up
+episode per env (seeds 1000.., not counted) are reported apart, because an evaluation of many
+episodes pays them once while a short benchmark would otherwise be dominated by them.
 
     .venv/bin/python bench/eval_speed.py [--episodes 4] [--max-steps 60] [--batch-envs 4]
 """

@@ -1,7 +1,8 @@
 """`sgvla eval`: closed-loop success rates, episodes spread over Ray workers.
 
-Each worker owns simulators (`--batch-envs` K per subtask) and one copy of the policy, built once
-and reused for all its episodes (building a scene costs seconds). With K > 1 a worker runs K
+Each worker owns simulators (`--batch-envs` K per subtask) and one copy of the policy, made once
+and reused for all its episodes (an MS-HAB scene costs seconds to build; the small built-in scene
+is rebuilt for every episode, `FRESH_SCENE_EVERY_EPISODE`). With K > 1 a worker runs K
 episodes in lockstep and asks the model for all of them in one batched call per step (a GPU's worth
 of work instead of a batch of one); the jobs are fixed chunks of K consecutive seeds of a subtask,
 and a finished episode leaves its chunk's batch rather than taking the next seed, so which episodes
