@@ -80,8 +80,9 @@ class EvalWorker:
 #: The built-in scene is rebuilt at every reset (ManiSkill's `reconfiguration_freq`): PhysX keeps
 #: contact and solver state across a plain reset, so an episode's trajectory would depend on which
 #: episodes its worker ran before, and that on scheduling (the scripted expert's place trajectory
-#: moved by 0.004 rad from its first step after two other episodes). A rebuild costs about 0.2 s,
-#: under 1% of an episode. MS-HAB's apartments take seconds to build and are not rebuilt.
+#: moved by 0.001-0.004 rad from its first step after other episodes). A rebuild costs about 0.2 s:
+#: 4% of the scripted expert's evaluation time, less with a model (bench/eval_fresh_scene.py).
+#: MS-HAB's apartments take seconds to build and are not rebuilt.
 FRESH_SCENE_EVERY_EPISODE = {"reconfiguration_freq": 1}
 
 
