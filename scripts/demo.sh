@@ -61,7 +61,7 @@ paper's architecture, 27 min of training here) places on 0.10 of 30 val episodes
 subtasks (one seed): 30 minutes are too few steps at this scale. A one-subtask model succeeds: configs/diag_close_only.yaml
 on 48 close demos for 12,000 steps (about 21 min here) closes the drawer on 0.60-0.83 of 30 val
 episodes (three training seeds), and one model of open and close (configs/diag_open_close.yaml,
-24,000 steps) opens it on 0.83 and closes it on 0.50 (seed 0; 0.62 and 0.32 over three seeds). One
+24,000 steps) opens it on 0.69 and closes it on 0.49 of 30 val episodes (means over three seeds). One
 model of all four subtasks (configs/diag_four_subtasks.yaml, 48 demos each, 18,000 steps, 51 min on
 2 workers) opens the drawer on 0.93 of 30 val episodes and places on 0.20, but picks 0.00 and closes
 0.07 (one seed). docs/results.md section 3 (fifth to eighth rounds) has the curves against steps

@@ -273,6 +273,20 @@ def test_stage3_trains_only_the_expert():
         tiny(views=["head_rgb"], use_flow_expert=False).configure_stage(3)
 
 
+def test_the_vlms_initialisation_does_not_depend_on_the_expert():
+    """Same seed, with no expert, the default one or a larger one: the same VLM, tensor for tensor.
+    Otherwise a change of the expert's sizes moves every VLM trained with it (and the seeds that CI's
+    memorisation check measured)."""
+    def vlm(**overrides) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in tiny(**overrides).state_dict().items() if not k.startswith("expert.")}
+
+    bare = vlm(use_flow_expert=False)
+    for sizes in ({}, {"expert_hidden_size": 128, "expert_intermediate_size": 256, "chunk_size": 16}):
+        other = vlm(use_flow_expert=True, **sizes)
+        assert other.keys() == bare.keys()
+        assert [k for k in bare if not torch.equal(bare[k], other[k])] == [], sizes
+
+
 def test_invalid_aux_targets_have_zero_weight():
     model = tiny(views=["head_rgb", "hand_rgb"])
     batch = make_batch(model, 2)

@@ -98,6 +98,16 @@ class ActionTokensOnly(LogitsProcessor):
         return out
 
 
+def _build_expert(config: SGVLAConfig) -> FlowMatchingExpert:
+    """Build the expert on a fork of the global random stream: its construction draws random numbers,
+    and without the fork the VLM's `post_init` (which runs after it) would start from a state that
+    depends on the expert's sizes, so attaching or resizing an expert would change the VLM's
+    initialisation (measured: 38 of the tiny VLM's 229 tensors). The expert itself is re-initialised
+    by `post_init` last, after every VLM module. (`add_flow_expert` needs no fork: the VLM is built.)"""
+    with torch.random.fork_rng(devices=[]):
+        return FlowMatchingExpert(config)
+
+
 class SGVLAPreTrainedModel(PreTrainedModel):
     config_class = SGVLAConfig
     base_model_prefix = "sgvla"
@@ -126,7 +136,7 @@ class SGVLAForActionPrediction(SGVLAPreTrainedModel):
                                            config.projector_hidden_size)
         self.llm = Qwen2ForCausalLM(config.text_config)
         self.aux = AuxiliaryDecoders(config)
-        self.expert = FlowMatchingExpert(config) if config.use_flow_expert else None
+        self.expert = _build_expert(config) if config.use_flow_expert else None
         if config.action_token_begin is None:
             # A config that does not say where the action tokens are gets the offline byte tokenizer's
             # layout (what `SGVLAProcessor.from_config` then builds), fixed in the config before
