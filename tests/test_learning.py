@@ -18,7 +18,8 @@ from sgvla.tasks import EXPERT_ACTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-#: The CI check's training config: a 15-bin tokenizer, the demo's actions unscaled, 2,000 steps.
+#: The CI check's training config: a 15-bin tokenizer, the demo's actions unscaled, 2,000 steps; then
+#: 3,000 stage-3 steps of a flow expert whose one chunk covers the demo.
 GRID_CONFIG_PATH = ROOT / "configs" / "tiny_overfit_grid.yaml"
 GRID_CONFIG = yaml.safe_load(GRID_CONFIG_PATH.read_text())
 #: The flow check's noise draws (`sgvla eval --noise-seed`): a majority must succeed.
