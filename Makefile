@@ -8,7 +8,7 @@ demo: setup
 	bash scripts/demo.sh
 
 test: lint
-	.venv/bin/python -m pytest -q -ra -n 2 --dist loadfile --durations=15
+	.venv/bin/python -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Minutes instead of twenty: everything but the end-to-end tests marked slow.
 test-fast: lint
