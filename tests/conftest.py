@@ -38,8 +38,9 @@ def ray_cluster():
 #: The longest modules (minutes each on a 2-core machine), started first so that the two xdist
 #: workers of `make test` (whole modules each, `--dist loadfile`) finish at about the same time.
 #: xdist's default scheduling sends the modules with the most tests first, which overrides this
-#: order except between equals; keeping it (`--no-loadscope-reorder`) was not faster: a clean-clone
-#: `make test` took 21.4 min with it, 19.9 without (one run each, 2026-12-04).
+#: order; `make test` keeps it (`--no-loadscope-reorder`) since the memorisation check grew to about
+#: 12 minutes: a clean-clone `make test` took 18.1 min with it, 22.1 without (one run each,
+#: 2026-12-05; before that check grew, 21.4 with and 19.9 without, 2026-12-04).
 LONG_MODULES = ("test_learning", "test_train_ray", "test_main_job", "test_study", "test_gen_e2e", "test_eval",
                 "test_hardening")
 
