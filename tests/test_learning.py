@@ -51,7 +51,7 @@ def replay_with_policy(policy, subtask: str, seed: int, actions: np.ndarray) -> 
         env.close()
 
 
-@pytest.mark.timeout(1500)  # 696 s in CI beside the rest of the suite: stages 2 and 3, 8 rollouts
+@pytest.mark.timeout(1500)  # 696-836 s in CI beside the rest of the suite: stages 2 and 3, 8 rollouts
 def test_memorised_demo_succeeds_at_its_seed(tmp_path):
     """Memorise ONE place demo recorded on the token grid (train episode 0); asked on that demo's
     states as `sgvla eval` renders them, the policy must give the recorded actions, and `sgvla eval`
