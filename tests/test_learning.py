@@ -90,10 +90,11 @@ def test_memorised_demo_succeeds_at_its_seed(tmp_path):
     from sgvla.eval.runner import EvalWorker
 
     threads, draws = torch.get_num_threads(), {}
-    try:
-        for noise_seed in FLOW_DRAWS:  # the worker of `sgvla eval --noise-seed K`, without Ray's start-up
-            worker = EvalWorker("mini_kitchen", str(tmp_path / "run"), "flow", str(tmp_path / "eval_flow"), False,
-                                "rgb+depth", noise_seed=noise_seed)
+    try:  # the worker of `sgvla eval`, without Ray's start-up: one model and scene for every draw
+        worker = EvalWorker("mini_kitchen", str(tmp_path / "run"), "flow", str(tmp_path / "eval_flow"), False,
+                            "rgb+depth")
+        for noise_seed in FLOW_DRAWS:
+            worker.policy.noise_seed = noise_seed  # what `--noise-seed K` sets; read at each episode's start
             draws[noise_seed] = worker.run_batch("place", [0])[0]["success"]
     finally:
         torch.set_num_threads(threads)  # the worker takes one thread, as a Ray actor would
