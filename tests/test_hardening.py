@@ -359,6 +359,7 @@ def test_ctrl_c_in_train_and_sigterm_in_gen_say_how_to_continue(tmp_path):
                            tmp_path, "stage2 loss", signal.SIGINT)
     assert rc == 130, out[-3000:]
     assert f"interrupted; continue with `sgvla train ... --resume --output {tmp_path / 'run'}`" in out
+    assert "has already been shutdown" not in out, out[-3000:]  # nothing woke on Ray after its shutdown
 
 
 # -- 9: a deleted shard ------------------------------------------------------------------------------

@@ -19,11 +19,11 @@ path) and a restart after a worker failure (`FailureConfig`) see the same storag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 from sgvla import provenance
@@ -62,6 +62,9 @@ def _start_ray(address: str | None, workers: int, cpus: float, gpus: float) -> R
 #: not start) once a second and logs a warning each time it cannot: hundreds of identical lines per
 #: run that bury the progress bars. Its own failures still surface as errors.
 QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+#: How long an interrupted run waits for Ray Train's controller to stop the workers.
+CONTROLLER_STOP_S = 30.0
 
 
 def quiet_ray_internals() -> None:
@@ -145,28 +148,39 @@ def clean_stale_temp(output: Path) -> list[Path]:
     return removed
 
 
-def _fit_off_main_thread(trainer):
-    """`trainer.fit()` on a helper thread, the main thread waiting for it.
+def _interruptible_trainer(base):
+    """`base` (a Ray Train trainer class) that leaves Ctrl-C to sgvla and keeps its controller.
 
-    Why: on the main thread Ray Train installs its own SIGINT handler, which ends the process with
-    status 1 and no word. Off it, Ctrl-C stays a KeyboardInterrupt in the main thread; `run_train`
-    then shuts Ray down (workers included) and the CLI says how to resume. Checkpoints are written
-    atomically, so stopping at any moment loses at most the steps since the last one."""
-    box: dict = {}
+    Why: on the main thread Ray Train's `fit()` installs its own SIGINT handler, which ends the
+    process with status 1 and no word. Without it, Ctrl-C (and SIGTERM, which the CLI turns into
+    one) is a KeyboardInterrupt inside `fit()`'s wait on the controller: `_fit` then asks the
+    controller to stop the workers before `run_train` shuts Ray down. Stopping everything in that
+    order matters: Ray ends the whole process (status 1, before the CLI can say how to resume) when
+    anything still waiting on it wakes after `ray.shutdown()`, which a training thread left running
+    did now and then. Checkpoints are written atomically, so stopping at any moment loses at most
+    the steps since the last one."""
 
-    def fit() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as e:  # handed to the main thread, which raises it
-            box["error"] = e
+    class Trainer(base):
+        controller = None
 
-    t = threading.Thread(target=fit, name="sgvla-train-fit", daemon=True)
-    t.start()
-    while t.is_alive():
-        t.join(0.2)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+        def _register_sigint_handler(self, controller) -> None:  # Ray Train v2's hook, see above
+            self.controller = controller
+
+    return Trainer
+
+
+def _stop_controller(trainer) -> None:
+    """Ask an interrupted run's controller to stop its workers (bounded: a hung one is killed)."""
+    import ray
+
+    controller = getattr(trainer, "controller", None)
+    if controller is None:
+        return
+    try:
+        ray.get(controller.abort.remote(), timeout=CONTROLLER_STOP_S)
+    except Exception:  # already gone, or hung: killing it ends its workers too
+        with contextlib.suppress(Exception):
+            ray.kill(controller)
 
 
 def _drop_torn_ray_snapshot(output: Path) -> None:
@@ -192,7 +206,7 @@ def _fit(cfg, info, output: Path, workers: int, gpus: float) -> dict:
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if use_gpu else {})}
     payload = {"config": cfg.to_dict(), "data": dataclasses.asdict(info), "run_dir": str(output),
                "run_id": run_id(output)}
-    trainer = TorchTrainer(
+    trainer = _interruptible_trainer(TorchTrainer)(
         worker_entry,
         train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
@@ -205,9 +219,12 @@ def _fit(cfg, info, output: Path, workers: int, gpus: float) -> dict:
         ),
     )
     try:
-        result = _fit_off_main_thread(trainer)
+        result = trainer.fit()
     except KeyboardInterrupt:
-        raise Interrupted(f"continue with `sgvla train ... --resume --output {output}`") from None
+        try:
+            _stop_controller(trainer)
+        finally:  # a second Ctrl-C while the workers stop still says how to continue
+            raise Interrupted(f"continue with `sgvla train ... --resume --output {output}`") from None
     except Exception as e:  # Ray wraps the worker's exception; its traceback is already printed above
         first = str(e).strip().splitlines()
         raise SgvlaError(f"training failed ({type(e).__name__}: {first[-1] if first else ''}); see the "
